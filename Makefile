@@ -1,0 +1,41 @@
+# Every target sets up what it needs: a fresh machine with python3 (>= 3.11) needs no other step.
+FINOPS_HOME ?= $(CURDIR)/.finops
+export FINOPS_HOME
+export DAGSTER_HOME ?= $(FINOPS_HOME)/dagster
+export UV_PYTHON_DOWNLOADS = never
+
+UV_VERSION := 0.13.8
+UV := .uv/bin/uv
+PY := .venv/bin/python
+
+.PHONY: install demo dev test validate clean
+
+# uv itself, pinned, in its own small venv; then the project's venv exactly as uv.lock says.
+$(UV):
+	python3 -m venv .uv
+	.uv/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python python3
+	touch $@
+
+install: .venv/.synced
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m finops_pipeline.demo
+
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	.venv/bin/dagster dev -w workspace.yaml
+
+validate: install $(DAGSTER_HOME)/dagster.yaml
+	.venv/bin/dagster definitions validate -m finops_pipeline.definitions
+
+test: install
+	.venv/bin/pytest -n 2
+
+clean:
+	rm -rf .venv .uv .finops .pytest_cache

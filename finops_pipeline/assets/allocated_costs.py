@@ -1,0 +1,82 @@
+"""allocated_costs: the day's cost per allocation key values × provider × model, and its conservation check."""
+
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from finops_pipeline.partitions import daily_partitions, partition_day
+from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
+
+CONSERVATION_CHECK = "cost_conserved"
+
+_ALLOCATE = """
+SELECT day, allocation, provider, coalesce(model, 'unknown') AS model,
+       count(*) AS calls,
+       count(*) FILTER (WHERE cost_source = 'unpriced') AS unpriced_calls,
+       sum(input_tokens), sum(output_tokens), sum(cached_tokens), sum(cache_write_tokens),
+       sum(reasoning_tokens), sum(total_tokens),
+       coalesce(sum(cost_usd), 0) AS cost_usd
+FROM langfuse_generations
+WHERE day = ?
+GROUP BY ALL
+"""
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    pool=WAREHOUSE_POOL,
+    group_name="allocation",
+    kinds={"duckdb"},
+    deps=["langfuse_generations"],
+    description=(
+        "The day's LLM cost allocated along the vocabulary (feature, customer, team, ...), per provider and "
+        "model: calls, tokens by kind, and cost. Unpriced calls are counted, not priced at $0."
+    ),
+    check_specs=[
+        dg.AssetCheckSpec(CONSERVATION_CHECK, asset="allocated_costs", blocking=True,
+                          description="Cost and call count allocated equal cost and count staged."),
+    ],
+)
+def allocated_costs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    day = partition_day(context)
+    with connect(duckdb) as conn:
+        with transaction(conn):
+            rows = replace_partition(conn, "allocated_costs", day, _ALLOCATE, [day])
+        result = conservation_check(conn, day)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows,
+            "total_cost_usd": result.metadata["allocated_cost_usd"].value,
+            "calls": result.metadata["allocated_calls"].value,
+        },
+        check_results=[result],
+    )
+
+
+def conservation_check(conn, day) -> dg.AssetCheckResult:
+    """Compare the staged and the allocated day to the last digit: both sides are DECIMAL sums."""
+    staged_cost, staged_calls, allocated_cost, allocated_calls = conn.execute("""
+        SELECT (SELECT coalesce(sum(cost_usd), 0) FROM langfuse_generations WHERE day = $day),
+               (SELECT count(*) FROM langfuse_generations WHERE day = $day),
+               (SELECT coalesce(sum(cost_usd), 0) FROM allocated_costs WHERE day = $day),
+               (SELECT coalesce(sum(calls), 0) FROM allocated_costs WHERE day = $day)
+    """, {"day": day}).fetchone()
+    passed = staged_cost == allocated_cost and staged_calls == allocated_calls
+    return dg.AssetCheckResult(
+        check_name=CONSERVATION_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"staged ${staged_cost:,.6f} in {staged_calls} calls; allocated ${allocated_cost:,.6f} in "
+            f"{allocated_calls} calls" + ("" if passed else
+                                          f": {allocated_cost - staged_cost:+.12f} USD, "
+                                          f"{allocated_calls - staged_calls:+d} calls lost or invented")
+        ),
+        metadata={
+            "staged_cost_usd": float(staged_cost),
+            "allocated_cost_usd": float(allocated_cost),
+            "difference_usd": float(allocated_cost - staged_cost),
+            "staged_calls": staged_calls,
+            "allocated_calls": int(allocated_calls),
+        },
+    )

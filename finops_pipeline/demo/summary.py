@@ -1,0 +1,54 @@
+"""A summary a finance lead can read: traced vs billed per day, where the money went, where the files are."""
+
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from finops_pipeline.assets.cost_reconciliation import GAP_CHECK, provider_verdicts
+from finops_pipeline.destinations.finout import file_name
+from finops_pipeline.settings import FinopsSettings
+
+
+def _check_word(evaluations: list, check_name: str) -> str:
+    for evaluation in evaluations:
+        if evaluation.check_name == check_name:
+            return "PASS" if evaluation.passed else f"FAIL ({evaluation.severity.value})"
+    return "not run"
+
+
+def print_summary(conn: duckdb.DuckDBPyConnection, days: list[date], checks: dict[str, list],
+                  settings: FinopsSettings) -> None:
+    print("\nTraced (Langfuse) vs billed (provider), per day and provider")
+    print(f"{'day':<12}{'provider':<11}{'traced $':>12}{'billed $':>12}{'gap $':>10}{'gap %':>8}  provider, day's check")
+    for day in days:
+        table = conn.execute(
+            "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? ORDER BY provider", [day]).df()
+        levels = {v["provider"]: v["result"] for v in provider_verdicts(table, settings)}
+        verdict = _check_word(checks.get(day.isoformat(), []), GAP_CHECK)
+        for r in table.itertuples():
+            note = (f"{levels[r.provider]:<6} check {verdict}" if r.provider in levels
+                    else f"not billed; {r.unpriced_generations:,} unpriced generations")
+            pct = "" if pd.isna(r.gap_pct) else f"{r.gap_pct:+.1f}"
+            print(f"{day.isoformat():<12}{r.provider:<11}{r.traced_usd:>12,.2f}{r.billed_usd:>12,.2f}"
+                  f"{r.gap_usd:>+10,.2f}{pct:>8}  {note}")
+
+    period = [days[0], days[-1]]
+    total, unpriced, quarantined = conn.execute("""
+        SELECT (SELECT sum(cost_usd) FROM allocated_costs WHERE day BETWEEN $1 AND $2),
+               (SELECT sum(unpriced_calls) FROM allocated_costs WHERE day BETWEEN $1 AND $2),
+               (SELECT count(*) FROM quarantine WHERE day BETWEEN $1 AND $2)""", period).fetchone()
+    for key in ("feature", "team"):
+        if key not in settings.allocation_keys:
+            continue
+        print(f"\nTop {key}s by cost, {days[0]} .. {days[-1]} (total ${total:,.2f})")
+        for value, cost in conn.execute(f"""
+                SELECT allocation['{key}'], sum(cost_usd) FROM allocated_costs WHERE day BETWEEN $1 AND $2
+                GROUP BY 1 ORDER BY 2 DESC LIMIT 6""", period).fetchall():
+            print(f"  {value:<24}{cost:>12,.2f}  {100 * cost / total:5.1f}%")
+    print(f"\nNot in the totals: {unpriced:,} generations of models with no price (see the unpriced check); "
+          f"{quarantined} malformed rows quarantined (table `quarantine`).")
+    print(f"\nFinout files: {Path(settings.finout_dir) / file_name(days[0]).replace(days[0].isoformat(), '*')}")
+    print(f"Warehouse:    {settings.duckdb_path}  (tables langfuse_generations, allocated_costs, provider_costs, "
+          "cost_reconciliation, quarantine)")

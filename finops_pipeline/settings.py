@@ -1,0 +1,105 @@
+"""The one settings model: paths, allocation vocabulary and thresholds, with offline defaults.
+
+Every field can be set by an environment variable named in `ENV_VARS` (documented in the README), and is
+shown, and can be overridden per run, in the Dagster UI's launchpad because this is a resource.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, field_validator
+
+DEFAULT_ALLOCATION_KEYS = ["feature", "customer_id", "team", "environment", "tier"]
+PROVIDERS = ("openai", "anthropic")
+
+# field name -> environment variable; lists are comma-separated in the environment.
+ENV_VARS = {
+    "home": "FINOPS_HOME",
+    "langfuse_export_dir": "FINOPS_LANGFUSE_EXPORT_DIR",
+    "billing_dir": "FINOPS_BILLING_DIR",
+    "finout_dir": "FINOPS_FINOUT_DIR",
+    "allocation_keys": "FINOPS_ALLOCATION_KEYS",
+    "billed_providers": "FINOPS_BILLED_PROVIDERS",
+    "export_lag_minutes": "FINOPS_EXPORT_LAG_MINUTES",
+    "reconciliation_error_pct": "FINOPS_RECONCILIATION_ERROR_PCT",
+    "reconciliation_warn_pct": "FINOPS_RECONCILIATION_WARN_PCT",
+    "unallocated_warn_share_pct": "FINOPS_UNALLOCATED_WARN_PCT",
+    "unpriced_warn_count": "FINOPS_UNPRICED_WARN_COUNT",
+}
+
+_KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class FinopsSettings(dg.ConfigurableResource):
+    """Where the inputs and outputs live, how cost is allocated, and when a check fails."""
+
+    home: str = Field(description="Project data directory: DuckDB file, Dagster instance, inputs, outputs.")
+    langfuse_export_dir: str = Field(description="Langfuse blob-export folder ({projectId}/observations_v2/...).")
+    billing_dir: str = Field(description="Provider billing files: openai/*.json, anthropic/*.json.")
+    finout_dir: str = Field(description="Where the daily Finout custom-cost CSVs are delivered.")
+    allocation_keys: list[str] = Field(
+        default=DEFAULT_ALLOCATION_KEYS,
+        description="Allocation vocabulary: metadata key, else `key:value` tag, else first-class field.",
+    )
+    billed_providers: list[str] = Field(
+        default=list(PROVIDERS), description="Providers whose bills are read and reconciled."
+    )
+    export_lag_minutes: int = Field(
+        default=60,
+        ge=0,
+        description="How far past the day's end an export file's window may start and still hold the day's rows.",
+    )
+    reconciliation_error_pct: float = Field(default=5.0, gt=0, description="|gap| % of the bill that fails (ERROR).")
+    reconciliation_warn_pct: float = Field(default=2.0, ge=0, description="|gap| % of the bill that warns.")
+    unallocated_warn_share_pct: float = Field(
+        default=20.0, ge=0, le=100, description="Share of the day's cost with an `unallocated` key that warns."
+    )
+    unpriced_warn_count: int = Field(
+        default=0, ge=0, description="Unpriced generations in a day above which the check warns."
+    )
+
+    @field_validator("allocation_keys")
+    @classmethod
+    def _keys_are_identifiers(cls, keys: list[str]) -> list[str]:
+        bad = [k for k in keys if not _KEY.match(k)]
+        if bad:
+            raise ValueError(f"allocation keys must be lower-case identifiers ([a-z][a-z0-9_]*), got {bad}")
+        if len(set(keys)) != len(keys) or not keys:
+            raise ValueError(f"allocation keys must be a non-empty list without repeats, got {keys}")
+        return keys
+
+    @field_validator("billed_providers")
+    @classmethod
+    def _known_providers(cls, providers: list[str]) -> list[str]:
+        unknown = sorted(set(providers) - set(PROVIDERS))
+        if unknown:
+            raise ValueError(f"billed providers must be among {list(PROVIDERS)}, got {unknown}")
+        return providers
+
+    @property
+    def duckdb_path(self) -> Path:
+        return Path(self.home) / "finops.duckdb"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> FinopsSettings:
+        env = os.environ if environ is None else environ
+        home = Path(env.get("FINOPS_HOME") or ".finops").resolve()
+        values: dict[str, object] = {
+            "home": str(home),
+            "langfuse_export_dir": str(home / "langfuse-export"),
+            "billing_dir": str(home / "billing"),
+            "finout_dir": str(home / "finout"),
+        }
+        for field, var in ENV_VARS.items():
+            raw = env.get(var)
+            if not raw or field == "home":
+                continue
+            if field in ("allocation_keys", "billed_providers"):
+                values[field] = [part.strip() for part in raw.split(",") if part.strip()]
+            else:
+                values[field] = raw
+        return cls(**values)

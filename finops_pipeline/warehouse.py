@@ -1,0 +1,120 @@
+"""The DuckDB warehouse: table definitions and the one way a partition is replaced.
+
+Money is DECIMAL(38, 12): exact sums, no float drift at cent level however many rows a month holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import duckdb
+from dagster_duckdb import DuckDBResource
+
+MONEY = "DECIMAL(38, 12)"
+# Dagster concurrency pool of every step that opens the warehouse: DuckDB allows one writer process.
+WAREHOUSE_POOL = "duckdb"
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS langfuse_generations (
+    day                DATE NOT NULL,
+    observation_id     VARCHAR NOT NULL,
+    trace_id           VARCHAR,
+    project_id         VARCHAR,
+    type               VARCHAR,
+    name               VARCHAR,
+    start_time         TIMESTAMP NOT NULL,   -- UTC
+    model              VARCHAR,
+    provider           VARCHAR NOT NULL,     -- openai | anthropic | unknown
+    input_tokens       BIGINT NOT NULL,      -- uncached input
+    output_tokens      BIGINT NOT NULL,      -- output without reasoning
+    cached_tokens      BIGINT NOT NULL,      -- cache reads
+    cache_write_tokens BIGINT NOT NULL,      -- cache creation
+    reasoning_tokens   BIGINT NOT NULL,
+    total_tokens       BIGINT NOT NULL,
+    cost_usd           {MONEY},              -- NULL when unpriced: unknown, not zero
+    cost_source        VARCHAR NOT NULL,     -- langfuse | price_table | unpriced
+    environment        VARCHAR,
+    user_id            VARCHAR,
+    session_id         VARCHAR,
+    prompt_name        VARCHAR,
+    prompt_version     INTEGER,
+    tags               VARCHAR[],
+    allocation         MAP(VARCHAR, VARCHAR) NOT NULL,
+    source_file        VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    source         VARCHAR NOT NULL,         -- which asset put the row here
+    day            DATE NOT NULL,
+    file           VARCHAR NOT NULL,
+    line           BIGINT,
+    observation_id VARCHAR,
+    reason         VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS allocated_costs (
+    day                DATE NOT NULL,
+    allocation         MAP(VARCHAR, VARCHAR) NOT NULL,
+    provider           VARCHAR NOT NULL,
+    model              VARCHAR NOT NULL,
+    calls              BIGINT NOT NULL,
+    unpriced_calls     BIGINT NOT NULL,
+    input_tokens       BIGINT NOT NULL,
+    output_tokens      BIGINT NOT NULL,
+    cached_tokens      BIGINT NOT NULL,
+    cache_write_tokens BIGINT NOT NULL,
+    reasoning_tokens   BIGINT NOT NULL,
+    total_tokens       BIGINT NOT NULL,
+    cost_usd           {MONEY} NOT NULL      -- priced cost only; unpriced calls are counted above
+);
+CREATE TABLE IF NOT EXISTS provider_costs (
+    day         DATE NOT NULL,
+    provider    VARCHAR NOT NULL,
+    model       VARCHAR,                     -- as the bill names it; NULL when the bill does not say
+    token_type  VARCHAR,
+    line_item   VARCHAR,
+    cost_usd    {MONEY} NOT NULL,
+    source_file VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cost_reconciliation (
+    day                  DATE NOT NULL,
+    provider             VARCHAR NOT NULL,
+    traced_usd           {MONEY} NOT NULL,
+    billed_usd           {MONEY} NOT NULL,
+    gap_usd              {MONEY} NOT NULL,   -- billed - traced
+    gap_pct              DOUBLE,             -- gap / billed; NULL when nothing was billed
+    unpriced_generations BIGINT NOT NULL
+);
+"""
+
+
+@contextmanager
+def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the warehouse file, created with its tables on first use. Times are UTC."""
+    Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
+    with resource.get_connection() as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        conn.execute(SCHEMA)
+        yield conn
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All or nothing: on any error the tables keep their previous good state."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def replace_partition(
+    conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str, params: list | None = None
+) -> int:
+    """Delete the day's rows of `table` and insert `select_sql`, in the caller's transaction."""
+    conn.execute(f"DELETE FROM {table} WHERE day = ?", [day])
+    conn.execute(f"INSERT INTO {table} {select_sql}", params or [])
+    return conn.execute(f"SELECT count(*) FROM {table} WHERE day = ?", [day]).fetchone()[0]
