@@ -33,11 +33,11 @@ CREATE OR REPLACE TEMP MACRO decode_json(j) AS
     CASE WHEN json_type(j) = 'VARCHAR' AND json_valid(j ->> '$') AND (j ->> '$') <> '' THEN (j ->> '$')::JSON
          WHEN json_type(j) = 'VARCHAR' AND (j ->> '$') = '' THEN NULL
          ELSE j END;
-CREATE OR REPLACE TEMP MACRO is_count(v) AS
+CREATE OR REPLACE TEMP MACRO is_count(v) AS coalesce(
     json_type(v) = 'NULL'
-    OR (TRY_CAST(v ->> '$' AS DOUBLE) >= 0 AND TRY_CAST(v ->> '$' AS DOUBLE) = floor(TRY_CAST(v ->> '$' AS DOUBLE)));
-CREATE OR REPLACE TEMP MACRO is_amount(v) AS
-    json_type(v) = 'NULL' OR TRY_CAST(v ->> '$' AS DOUBLE) >= 0;
+    OR (TRY_CAST(v ->> '$' AS DOUBLE) >= 0 AND TRY_CAST(v ->> '$' AS DOUBLE) = floor(TRY_CAST(v ->> '$' AS DOUBLE))),
+    false);
+CREATE OR REPLACE TEMP MACRO is_amount(v) AS coalesce(json_type(v) = 'NULL' OR TRY_CAST(v ->> '$' AS DOUBLE) >= 0, false);
 -- Langfuse usage keys are disjoint (detail keys are subtracted from input/output): sort them by kind.
 CREATE OR REPLACE TEMP MACRO token_kind(k) AS CASE
     WHEN k = 'total' THEN 'total'

@@ -2,12 +2,9 @@
 
 import dagster as dg
 
-from finops_pipeline.partitions import daily_partitions
-
 daily_finops_job = dg.define_asset_job(
     "daily_finops_job",
     selection=dg.AssetSelection.all(),
-    partitions_def=daily_partitions,
     description="Extract, allocate, deliver and reconcile one UTC day of LLM spend.",
 )
 

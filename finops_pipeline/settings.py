@@ -24,13 +24,14 @@ ENV_VARS = {
     "finout_dir": "FINOPS_FINOUT_DIR",
     "allocation_keys": "FINOPS_ALLOCATION_KEYS",
     "billed_providers": "FINOPS_BILLED_PROVIDERS",
-    "export_lag_minutes": "FINOPS_EXPORT_LAG_MINUTES",
     "reconciliation_error_pct": "FINOPS_RECONCILIATION_ERROR_PCT",
     "reconciliation_warn_pct": "FINOPS_RECONCILIATION_WARN_PCT",
     "unallocated_warn_share_pct": "FINOPS_UNALLOCATED_WARN_PCT",
     "unpriced_warn_count": "FINOPS_UNPRICED_WARN_COUNT",
 }
 
+# Columns of the Finout file that are not allocation keys.
+RESERVED_COLUMNS = {"usagedate", "cost", "source", "service_name", "provider", "model"}
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -48,11 +49,6 @@ class FinopsSettings(dg.ConfigurableResource):
     billed_providers: list[str] = Field(
         default=list(PROVIDERS), description="Providers whose bills are read and reconciled."
     )
-    export_lag_minutes: int = Field(
-        default=60,
-        ge=0,
-        description="How far past the day's end an export file's window may start and still hold the day's rows.",
-    )
     reconciliation_error_pct: float = Field(default=5.0, gt=0, description="|gap| % of the bill that fails (ERROR).")
     reconciliation_warn_pct: float = Field(default=2.0, ge=0, description="|gap| % of the bill that warns.")
     unallocated_warn_share_pct: float = Field(
@@ -68,6 +64,9 @@ class FinopsSettings(dg.ConfigurableResource):
         bad = [k for k in keys if not _KEY.match(k)]
         if bad:
             raise ValueError(f"allocation keys must be lower-case identifiers ([a-z][a-z0-9_]*), got {bad}")
+        reserved = sorted(set(keys) & RESERVED_COLUMNS)
+        if reserved:
+            raise ValueError(f"allocation keys {reserved} clash with Finout columns {sorted(RESERVED_COLUMNS)}")
         if len(set(keys)) != len(keys) or not keys:
             raise ValueError(f"allocation keys must be a non-empty list without repeats, got {keys}")
         return keys

@@ -162,13 +162,16 @@ def day_rows(day: date, generations: int) -> list[dict]:
     return rows
 
 
-def _write_jsonl_gz(path: Path, rows: list[dict]) -> None:
-    with gzip.open(path, "wt", encoding="utf-8") as f:
+def _write_jsonl_gz(path: Path, rows: list[dict], extra_lines: tuple[str, ...] = ()) -> None:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
+        for line in extra_lines:
+            f.write(line + "\n")
 
 
-def _write_csv_gz(path: Path, rows: list[dict]) -> None:
+def _write_csv_gz(path: Path, rows: list[dict], extra_lines: tuple[str, ...] = ()) -> None:
     """As Langfuse writes CSV: header from the first row, every cell quoted, objects and arrays as JSON."""
     header = list(rows[0]) if rows else ["id"]
     buffer = io.StringIO()
@@ -181,11 +184,11 @@ def _write_csv_gz(path: Path, rows: list[dict]) -> None:
         f.write(buffer.getvalue())
 
 
-def _write_parquet(path: Path, rows: list[dict]) -> None:
+def _write_parquet(path: Path, rows: list[dict], extra_lines: tuple[str, ...] = ()) -> None:
     """Maps and arrays as Parquet MAP and LIST, as ClickHouse's Parquet output has them."""
     tmp = path.with_suffix(".tmp.jsonl")
-    tmp.write_text("".join(json.dumps({**r, "cost_details": {k: str(v) for k, v in r["cost_details"].items()}}) + "\n"
-                           for r in rows))
+    tmp.write_text("".join(json.dumps({**r, "cost_details": {k: str(v) for k, v in r.get("cost_details", {}).items()}})
+                           + "\n" for r in rows))
     columns = {
         "id": "VARCHAR", "trace_id": "VARCHAR", "start_time": "TIMESTAMP", "project_id": "VARCHAR",
         "type": "VARCHAR", "name": "VARCHAR", "environment": "VARCHAR", "user_id": "VARCHAR",
@@ -199,12 +202,38 @@ def _write_parquet(path: Path, rows: list[dict]) -> None:
     tmp.unlink()
 
 
-def write_export_day(export_dir: Path, day: date, rows: list[dict], corrupt_line: bool = False) -> None:
-    """24 hourly files for `day`, each window [h, h+1h] inclusive, named after its end, then manifests."""
-    table_dir = export_dir / PROJECT_ID / "observations_v2"
-    manifest_dir = export_dir / PROJECT_ID / "manifests"
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def write_export_file(export_dir: Path, lo: datetime, hi: datetime, rows: list[dict], ext: str = "jsonl.gz",
+                      extra_lines: tuple[str, ...] = (), manifest: bool = True, project_id: str = PROJECT_ID) -> Path:
+    """One export run as Langfuse writes it: the file for the window [lo, hi] (named after hi), then its
+    manifest. `extra_lines` are appended raw to a JSONL file (to write what a broken writer would)."""
+    table_dir = export_dir / project_id / "observations_v2"
     table_dir.mkdir(parents=True, exist_ok=True)
-    manifest_dir.mkdir(parents=True, exist_ok=True)
+    stamp = hi.strftime("%Y-%m-%dT%H-%M-%S")
+    path = table_dir / f"{stamp}.{ext}"
+    {"parquet": _write_parquet, "csv.gz": _write_csv_gz}.get(ext, _write_jsonl_gz)(path, rows, extra_lines)
+    if manifest:
+        manifest_dir = export_dir / project_id / "manifests"
+        manifest_dir.mkdir(parents=True, exist_ok=True)
+        body = {
+            "version": 1, "projectId": project_id, "exportSource": "EVENTS",
+            "window": {"minTimestamp": _iso(lo), "maxTimestamp": _iso(hi)}, "maxTimestamp": _iso(hi),
+            "createdAt": _iso(hi + timedelta(minutes=20)), "tables": ["observations_v2"],
+            "files": [{"key": f"{project_id}/observations_v2/{path.name}", "table": "observations_v2",
+                       "fileType": ext, "format": ext.replace(".gz", "-gzip"), "compressed": ext.endswith(".gz"),
+                       "contentType": "application/gzip" if ext.endswith(".gz") else "application/octet-stream",
+                       "sizeBytes": path.stat().st_size, "rowCount": None if ext == "parquet" else len(rows)}],
+        }
+        (manifest_dir / f"{stamp}.json").write_text(json.dumps(body, indent=2) + "\n")
+    return path
+
+
+def write_export_day(export_dir: Path, day: date, rows: list[dict], corrupt_line: bool = False) -> None:
+    """24 hourly export runs for `day`, each window [h, h+1h] inclusive. The last also holds the next
+    day's midnight row: a row on a window bound is exported twice."""
     start = datetime(day.year, day.month, day.day)
     next_midnight = _midnight_row(day + timedelta(days=1))
     for hour in range(24):
@@ -212,24 +241,9 @@ def write_export_day(export_dir: Path, day: date, rows: list[dict], corrupt_line
         window = [r for r in rows if _ts(lo) <= r["start_time"] <= _ts(hi)]
         if hour == 23:
             window.append(next_midnight)
-        ext = {6: "parquet", 12: "csv.gz"}.get(hour, "jsonl.gz")
-        name = f"{hi.strftime('%Y-%m-%dT%H-%M-%S')}.{ext}"
-        path = table_dir / name
-        {"parquet": _write_parquet, "csv.gz": _write_csv_gz}.get(ext, _write_jsonl_gz)(path, window)
-        if corrupt_line and hour == 9:
-            with gzip.open(path, "at", encoding="utf-8") as f:  # a line cut short mid-write
-                f.write('{"id":"obs-truncated","start_time":"' + _ts(lo) + '","usage_details":{"inp\n')
-        iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.000Z")  # noqa: E731
-        manifest = {
-            "version": 1, "projectId": PROJECT_ID, "exportSource": "EVENTS",
-            "window": {"minTimestamp": iso(lo), "maxTimestamp": iso(hi)}, "maxTimestamp": iso(hi),
-            "createdAt": iso(hi + timedelta(minutes=20)), "tables": ["observations_v2"],
-            "files": [{"key": f"{PROJECT_ID}/observations_v2/{name}", "table": "observations_v2",
-                       "fileType": ext, "format": ext.replace(".gz", "-gzip").replace("csv-gzip", "csv-gzip"),
-                       "compressed": ext.endswith(".gz"), "contentType": "application/gzip",
-                       "sizeBytes": path.stat().st_size, "rowCount": None if ext == "parquet" else len(window)}],
-        }
-        (manifest_dir / f"{hi.strftime('%Y-%m-%dT%H-%M-%S')}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        broken = ('{"id":"obs-truncated","start_time":"' + _ts(lo) + '","usage_details":{"inp',)
+        write_export_file(export_dir, lo, hi, window, {6: "parquet", 12: "csv.gz"}.get(hour, "jsonl.gz"),
+                          extra_lines=broken if corrupt_line and hour == 9 else ())
 
 
 def _billed_lines(day: date, rows: list[dict], overbill: bool, rng: random.Random) -> dict[str, dict[tuple[str, str], Decimal]]:

@@ -1,0 +1,106 @@
+"""Shared fixtures: a throwaway project data directory, and helpers that write inputs in the real formats."""
+
+import json
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from finops_pipeline.definitions import ASSETS, build_resources
+from finops_pipeline.settings import FinopsSettings
+
+DAY = date(2026, 11, 21)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> FinopsSettings:
+    return FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path / "finops")})
+
+
+def materialize_day(settings: FinopsSettings, day: date = DAY, selection=None, **overrides) -> dg.ExecuteInProcessResult:
+    """Materialise `day` of the whole graph (or `selection`) the way a Dagster run does."""
+    if overrides:
+        settings = replace_settings(settings, **overrides)
+    return dg.materialize(
+        ASSETS, selection=selection, partition_key=day.isoformat(), resources=build_resources(settings),
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+    )
+
+
+def replace_settings(settings: FinopsSettings, **overrides) -> FinopsSettings:
+    """A copy with some fields changed (resources are frozen; model_copy would not reach Dagster)."""
+    return FinopsSettings(**{**{f: getattr(settings, f) for f in FinopsSettings.model_fields}, **overrides})
+
+
+def query(settings: FinopsSettings, sql: str, params=None) -> list[tuple]:
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as conn:
+        return conn.execute(sql, params or []).fetchall()
+
+
+def check_evaluation(result: dg.ExecuteInProcessResult, check_name: str):
+    matches = [e for e in result.get_asset_check_evaluations() if e.check_name == check_name]
+    assert len(matches) == 1, f"expected one evaluation of {check_name}, got {matches}"
+    return matches[0]
+
+
+def materialization_metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def generation(obs_id: str, start_time: str, model: str = "gpt-4o-2024-08-06", cost: float | None = 0.01,
+               usage: dict | None = None, metadata: dict | None = None, tags: list | None = None, **extra) -> dict:
+    """One observation row as the Langfuse export writes it (snake_case)."""
+    return {
+        "id": obs_id, "trace_id": f"t-{obs_id}", "start_time": start_time, "project_id": "p1",
+        "type": "GENERATION", "name": "chat", "environment": "production", "user_id": "u1", "session_id": "s1",
+        "provided_model_name": model,
+        "usage_details": usage if usage is not None else {"input": 100, "output": 20, "total": 120},
+        "cost_details": {} if cost is None else {"total": cost},
+        "total_cost": cost,
+        "prompt_name": "p", "prompt_version": 1, "tags": tags or [],
+        "metadata": metadata if metadata is not None else {"feature": "chat", "team": "product",
+                                                           "customer_id": "acme", "tier": "pro"},
+        **extra,
+    }
+
+
+def day_window(day: date = DAY) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day)
+    return start, start + timedelta(days=1)
+
+
+def write_openai_bill(billing_dir: Path, day: date, line_items: dict[str, float], pages: int = 1) -> None:
+    start = int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp())
+    results = [{"object": "organization.costs.result", "amount": {"value": v, "currency": "usd"},
+                "line_item": k, "project_id": "proj_1"} for k, v in line_items.items()]
+    folder = billing_dir / "openai" / day.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    size = max(1, -(-len(results) // pages))
+    chunks = [results[i:i + size] for i in range(0, len(results), size)] or [[]]
+    for n, chunk in enumerate(chunks, 1):
+        page = {"object": "page", "data": [{"object": "bucket", "start_time": start, "end_time": start + 86400,
+                                            "results": chunk}],
+                "has_more": n < len(chunks), "next_page": f"p{n + 1}" if n < len(chunks) else None}
+        (folder / f"page-{n}.json").write_text(json.dumps(page))
+
+
+def write_anthropic_bill(billing_dir: Path, day: date, cents_by_model: dict[str, str]) -> None:
+    """Amounts are decimal strings in cents, as the cost report sends them."""
+    starting = f"{day.isoformat()}T00:00:00Z"
+    ending = f"{(day + timedelta(days=1)).isoformat()}T00:00:00Z"
+    results = [{"amount": cents, "currency": "USD", "cost_type": "tokens", "description": f"{m} Usage - Input Tokens",
+                "model": m, "token_type": "uncached_input_tokens", "service_tier": "standard"}
+               for m, cents in cents_by_model.items()]
+    folder = billing_dir / "anthropic" / day.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "page-1.json").write_text(json.dumps(
+        {"data": [{"starting_at": starting, "ending_at": ending, "results": results}], "has_more": False,
+         "next_page": None}))
+
+
+def usd(value) -> Decimal:
+    return Decimal(str(value))

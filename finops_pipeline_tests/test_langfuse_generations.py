@@ -1,0 +1,227 @@
+"""Staging the day from a Langfuse export: windows, day boundaries, dedup, formats, bad input."""
+
+import gzip
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from finops_pipeline.demo.sample_data import write_export_file
+from finops_pipeline.settings import FinopsSettings
+from finops_pipeline_tests.conftest import (
+    DAY,
+    day_window,
+    generation,
+    materialization_metadata,
+    materialize_day,
+    query,
+    usd,
+)
+
+STAGE = ["langfuse_generations"]
+
+
+def export_dir(settings) -> Path:
+    return Path(settings.langfuse_export_dir)
+
+
+def cover_day(settings, rows_by_hour: dict[int, list[dict]] | None = None, ext: str = "jsonl.gz") -> None:
+    """Hourly export runs across DAY, with `rows_by_hour[h]` in the window [h, h+1]."""
+    start, _ = day_window()
+    for hour in range(24):
+        write_export_file(export_dir(settings), start + timedelta(hours=hour), start + timedelta(hours=hour + 1),
+                          (rows_by_hour or {}).get(hour, []), ext)
+
+
+def staged_ids(settings) -> list[str]:
+    return [r[0] for r in query(settings, "SELECT observation_id FROM langfuse_generations ORDER BY 1")]
+
+
+def test_day_boundaries_are_half_open_utc(settings):
+    cover_day(settings, {
+        0: [generation("first", "2026-11-21 00:00:00.000000"), generation("before", "2026-11-20 23:59:59.999000")],
+        23: [generation("last", "2026-11-21 23:59:59.999000"), generation("after", "2026-11-22 00:00:00.000000")],
+    })
+    assert materialize_day(settings, selection=STAGE).success
+    assert staged_ids(settings) == ["first", "last"]
+
+
+def test_iso_timestamps_with_zone_are_read_as_utc(settings):
+    cover_day(settings, {10: [generation("z", "2026-11-21T23:30:00.000Z"), generation("tz", "2026-11-22T00:30:00+02:00")]})
+    assert materialize_day(settings, selection=STAGE).success
+    assert staged_ids(settings) == ["tz", "z"]  # 00:30+02:00 is 22:30 UTC on the 21st
+
+
+def test_a_days_rows_in_the_next_days_first_file_are_staged(settings):
+    cover_day(settings)
+    start, end = day_window()
+    # The run for the window [23:40, 00:20] is named after the next day.
+    write_export_file(export_dir(settings), end - timedelta(minutes=20), end + timedelta(minutes=20),
+                      [generation("late", "2026-11-21 23:50:00.000000"), generation("next", "2026-11-22 00:10:00.000000")])
+    assert materialize_day(settings, selection=STAGE).success
+    assert staged_ids(settings) == ["late"]
+
+
+def test_dedup_across_files_latest_export_wins(settings):
+    cover_day(settings, {
+        3: [generation("dup", "2026-11-21 04:00:00.000000", cost=0.01)],
+        4: [generation("dup", "2026-11-21 04:00:00.000000", cost=0.05)],  # re-exported on the shared bound
+    })
+    assert materialize_day(settings, selection=STAGE).success
+    assert query(settings, "SELECT observation_id, cost_usd FROM langfuse_generations") == [("dup", usd("0.05"))]
+
+
+def test_the_same_day_in_every_export_format_stages_the_same_rows(settings, tmp_path):
+    rows = [generation(f"g{i}", f"2026-11-21 05:{i:02d}:00.000000", cost=0.001 * (i + 1),
+                       usage={"input": 100 + i, "output": 10, "input_cached_tokens": 5, "total": 115 + i},
+                       metadata={"feature": "chat, \"quoted\"\nline", "team": "ünïcode"}) for i in range(30)]
+    results = {}
+    for ext in ("jsonl.gz", "csv.gz", "parquet"):
+        fmt_settings = FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path / ext)})
+        cover_day(fmt_settings, {5: rows}, ext)
+        assert materialize_day(fmt_settings, selection=STAGE).success, ext
+        results[ext] = query(fmt_settings, """
+            SELECT observation_id, start_time, input_tokens, cached_tokens, cost_usd, allocation
+            FROM langfuse_generations ORDER BY 1""")
+    assert len(results["jsonl.gz"]) == 30
+    assert results["csv.gz"] == results["jsonl.gz"]
+    assert results["parquet"] == results["jsonl.gz"]
+    assert results["jsonl.gz"][0][5]["feature"] == "chat, \"quoted\"\nline"
+
+
+def test_unlisted_files_are_skipped_and_manifestless_exports_use_file_names(settings):
+    cover_day(settings, {8: [generation("listed", "2026-11-21 08:30:00.000000")]})
+    start, _ = day_window()
+    write_export_file(export_dir(settings), start + timedelta(hours=9), start + timedelta(hours=9, minutes=30),
+                      [generation("in-flight", "2026-11-21 09:10:00.000000")], manifest=False)
+    result = materialize_day(settings, selection=STAGE)
+    assert result.success
+    assert staged_ids(settings) == ["listed"]
+    assert materialization_metadata(result, "langfuse_generations")["files_skipped_unlisted"] == 1
+
+
+def test_export_without_manifests_reads_windows_from_file_names(settings):
+    start, end = day_window()
+    for hour in range(0, 25, 6):
+        write_export_file(export_dir(settings), start, start + timedelta(hours=hour),
+                          [generation(f"h{hour}", f"2026-11-21 {max(hour - 1, 0):02d}:00:00.000000")], manifest=False)
+    assert materialize_day(settings, selection=STAGE).success
+    assert staged_ids(settings) == ["h0", "h12", "h18", "h24", "h6"]
+
+
+def test_tokens_by_kind_prompt_text_never_stored(settings):
+    row = generation("o", "2026-11-21 10:00:00.000000", usage={
+        "input": 100, "input_cached_tokens": 40, "cache_creation_input_tokens": 7, "output": 30,
+        "output_reasoning_tokens": 12, "total": 189}, input="SECRET PROMPT TEXT", output="SECRET COMPLETION")
+    cover_day(settings, {10: [row]})
+    assert materialize_day(settings, selection=STAGE).success
+    assert query(settings, """SELECT input_tokens, cached_tokens, cache_write_tokens, output_tokens,
+                                     reasoning_tokens, total_tokens FROM langfuse_generations""") == [(100, 40, 7, 30, 12, 189)]
+    db_bytes = Path(settings.duckdb_path).read_bytes()
+    assert b"SECRET" not in db_bytes
+
+
+def test_allocation_keys_metadata_then_tags_then_fields_then_unallocated(settings):
+    cover_day(settings, {11: [
+        generation("meta", "2026-11-21 11:00:00.000000", metadata={"feature": "search", "team": "core"},
+                   tags=["feature:ignored", "customer_id:globex"]),
+        generation("none", "2026-11-21 11:01:00.000000", metadata={}, tags=[], environment="staging"),
+    ]})
+    assert materialize_day(settings, selection=STAGE).success
+    allocation = dict(query(settings, "SELECT observation_id, allocation FROM langfuse_generations"))
+    assert allocation["meta"] == {"feature": "search", "customer_id": "globex", "team": "core",
+                                  "environment": "production", "tier": "unallocated"}
+    assert allocation["none"] == {"feature": "unallocated", "customer_id": "unallocated", "team": "unallocated",
+                                  "environment": "staging", "tier": "unallocated"}
+
+
+def test_unpriced_models_are_priced_from_the_table_or_counted(settings):
+    cover_day(settings, {12: [
+        generation("langfuse", "2026-11-21 12:00:00.000000", cost=0.5),
+        generation("table", "2026-11-21 12:01:00.000000", model="gpt-4o-mini-2024-07-18", cost=None,
+                   usage={"input": 1_000_000, "output": 1_000_000, "total": 2_000_000}),
+        generation("nobody", "2026-11-21 12:02:00.000000", model="acme-llama-ft", cost=None),
+    ]})
+    result = materialize_day(settings, selection=STAGE)
+    assert result.success
+    rows = {r[0]: r[1:] for r in query(settings, "SELECT observation_id, cost_source, provider, cost_usd FROM langfuse_generations")}
+    assert rows["langfuse"] == ("langfuse", "openai", usd("0.5"))
+    # gpt-4o-mini: $0.15 per 1M input tokens and $0.60 per 1M output tokens
+    assert rows["table"] == ("price_table", "openai", usd("0.75"))
+    assert rows["nobody"] == ("unpriced", "unknown", None)
+    metadata = materialization_metadata(result, "langfuse_generations")
+    assert metadata["unpriced_generations"] == 1
+    [unpriced] = [e for e in result.get_asset_check_evaluations() if e.check_name == "unpriced_generations"]
+    assert not unpriced.passed and "acme-llama-ft" in unpriced.description
+
+
+BAD_LINES = {
+    "malformed line: not a JSON object": '{"id": "broken", "start_time": "2026-11-21 13:00:00"',
+    "usage_details.output is not a non-negative whole number": generation(
+        "negative-tokens", "2026-11-21 13:01:00.000000", usage={"input": 5, "output": -3}),
+    "usage_details.input is not a non-negative whole number": generation(
+        "text-tokens", "2026-11-21 13:02:00.000000", usage={"input": "many", "output": 1}),
+    "total_cost is not a number": generation("text-cost", "2026-11-21 13:03:00.000000", cost="abc"),
+    "negative total_cost": generation("negative-cost", "2026-11-21 13:04:00.000000", cost=-0.2),
+    "missing start_time": generation("no-time", None),
+}
+
+
+def test_bad_rows_are_quarantined_with_file_line_and_reason_not_fatal(settings):
+    import json
+
+    start, _ = day_window()
+    good = generation("good", "2026-11-21 13:30:00.000000")
+    lines = tuple(v if isinstance(v, str) else json.dumps(v) for v in BAD_LINES.values())
+    cover_day(settings)
+    path = write_export_file(export_dir(settings), start + timedelta(hours=13), start + timedelta(hours=14),
+                             [good], extra_lines=lines)
+    result = materialize_day(settings, selection=STAGE)
+    assert result.success
+    assert staged_ids(settings) == ["good"]
+    quarantined = query(settings, "SELECT file, line, reason FROM quarantine ORDER BY line")
+    assert [(f, line) for f, line, _ in quarantined] == [(str(path), n) for n in range(2, 2 + len(BAD_LINES))]
+    for (_, _, reason), expected in zip(quarantined, BAD_LINES):
+        assert reason.startswith(expected), (reason, expected)
+    assert materialization_metadata(result, "langfuse_generations")["quarantined_rows"] == len(BAD_LINES)
+
+
+def test_an_unreadable_file_is_quarantined_and_the_day_goes_on(settings):
+    cover_day(settings, {14: [generation("fine", "2026-11-21 14:30:00.000000")]})
+    start, _ = day_window()
+    broken = write_export_file(export_dir(settings), start + timedelta(hours=15), start + timedelta(hours=16), [])
+    broken.write_bytes(gzip.compress(b'{"id":"x"}\n')[:-12])  # truncated gzip
+    result = materialize_day(settings, selection=STAGE)
+    assert result.success
+    assert staged_ids(settings) == ["fine"]
+    [(file, line, reason)] = query(settings, "SELECT file, line, reason FROM quarantine")
+    assert file == str(broken) and line is None and reason.startswith("unreadable jsonl file")
+
+
+def test_missing_export_folder_is_a_clear_error_naming_the_path(settings):
+    result = materialize_day(settings, selection=STAGE)
+    assert not result.success
+    message = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert settings.langfuse_export_dir in message and "not found" in message
+
+
+def test_an_export_that_has_not_reached_the_days_end_fails_the_day(settings):
+    start, _ = day_window()
+    write_export_file(export_dir(settings), start, start + timedelta(hours=20), [generation("a", "2026-11-21 01:00:00")])
+    result = materialize_day(settings, selection=STAGE)
+    assert not result.success
+    assert "does not cover 2026-11-21" in str(result.get_step_failure_events()[0].step_failure_data.error)
+
+
+def test_rerun_replaces_the_partition_and_keeps_other_days(settings):
+    cover_day(settings, {1: [generation("a", "2026-11-21 01:00:00")]})
+    prev = DAY - timedelta(days=1)
+    start, _ = day_window(prev)
+    for hour in range(24):
+        write_export_file(export_dir(settings), start + timedelta(hours=hour), start + timedelta(hours=hour + 1),
+                          [generation("yesterday", "2026-11-20 05:00:00")] if hour == 5 else [])
+    assert materialize_day(settings, day=prev, selection=STAGE).success
+    assert materialize_day(settings, selection=STAGE).success
+    assert materialize_day(settings, selection=STAGE).success
+    assert query(settings, "SELECT day, count(*) FROM langfuse_generations GROUP BY 1 ORDER BY 1") == [
+        (prev, 1), (DAY, 1)]
