@@ -16,7 +16,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class BillingError(ValueError):
@@ -71,13 +71,6 @@ class AnthropicCostResult(BaseModel):
     token_type: str | None = None
     service_tier: str | None = None
     workspace_id: str | None = None
-
-    @field_validator("amount", mode="before")
-    @classmethod
-    def _exact(cls, value: object) -> object:
-        if isinstance(value, float):  # a float has already lost digits; the API sends strings
-            raise ValueError("amount must be a decimal string, got a float")
-        return value
 
 
 class AnthropicCostBucket(BaseModel):

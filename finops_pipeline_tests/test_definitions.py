@@ -1,0 +1,49 @@
+"""The code location as Dagster and its users see it."""
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from finops_pipeline.definitions import defs
+from finops_pipeline.schedules import daily_finops_schedule
+
+EXPECTED_ASSETS = {"langfuse_generations", "allocated_costs", "finout_upload", "openai_costs", "anthropic_costs",
+                   "cost_reconciliation"}
+
+
+def test_dagster_definitions_validate(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "FINOPS_HOME": str(tmp_path / "finops")}
+    run = subprocess.run([os.path.join(os.path.dirname(sys.executable), "dagster"), "definitions", "validate",
+                          "-m", "finops_pipeline.definitions"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Validation successful" in run.stderr + run.stdout
+
+
+def test_every_asset_is_described_grouped_kinded_and_daily():
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == EXPECTED_ASSETS
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description and node.group_name != "default" and node.kinds, key
+        assert node.partitions_def.timezone == "UTC", key
+
+
+def test_blocking_conservation_check_and_lineage():
+    graph = defs.resolve_asset_graph()
+    parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()}
+    assert parents["allocated_costs"] == {"langfuse_generations"}
+    assert parents["finout_upload"] == {"allocated_costs"}
+    assert parents["cost_reconciliation"] == {"allocated_costs", "openai_costs", "anthropic_costs"}
+    specs = {s.name: s for s in defs.get_assets_def("allocated_costs").check_specs}
+    assert specs["cost_conserved"].blocking
+
+
+def test_schedule_materialises_yesterday():
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 22, 2, 0, tzinfo=timezone.utc))
+    schedule = defs.get_schedule_def(daily_finops_schedule.name)
+    [request] = list(schedule.evaluate_tick(context).run_requests)
+    assert request.partition_key == "2026-11-21"
+    assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone in (None, "UTC")

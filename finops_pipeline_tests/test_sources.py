@@ -1,0 +1,97 @@
+"""The edges: bill parsing, export listing, settings and pricing, without Dagster."""
+
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from finops_pipeline import pricing
+from finops_pipeline.settings import FinopsSettings
+from finops_pipeline.sources.langfuse_export import list_export_files
+from finops_pipeline.sources.provider_billing import BillingError, read_anthropic_costs, read_openai_costs
+from finops_pipeline_tests.conftest import DAY, write_anthropic_bill, write_openai_bill
+
+
+def test_openai_pages_are_all_read_and_line_items_split(tmp_path):
+    write_openai_bill(tmp_path, DAY, {"gpt-4o-2024-08-06, input": 0.1, "gpt-4o-2024-08-06, cached input": 0.2,
+                                      "o4-mini-2025-04-16, output": 0.3}, pages=3)
+    costs = read_openai_costs(tmp_path, DAY)
+    assert [(c.model, c.token_type, c.cost_usd) for c in costs] == [
+        ("gpt-4o-2024-08-06", "input", Decimal("0.1")), ("gpt-4o-2024-08-06", "cached input", Decimal("0.2")),
+        ("o4-mini-2025-04-16", "output", Decimal("0.3"))]
+
+
+def test_anthropic_amounts_are_exact_decimal_cents(tmp_path):
+    write_anthropic_bill(tmp_path, DAY, {"claude-sonnet-4-20250514": "123.78912"})
+    [cost] = read_anthropic_costs(tmp_path, DAY)
+    assert cost.cost_usd == Decimal("1.2378912")
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda r: r.update(currency="EUR"), "currency 'EUR' is not USD"),
+    (lambda r: r.update(amount="-5"), "negative amount -5"),
+    (lambda r: r.pop("amount"), "field `data.0.results.0.amount`"),
+])
+def test_a_bill_that_cannot_be_trusted_names_provider_file_and_field(tmp_path, mutate, message):
+    write_anthropic_bill(tmp_path, DAY, {"claude-sonnet-4-20250514": "100"})
+    page = tmp_path / "anthropic" / DAY.isoformat() / "page-1.json"
+    body = json.loads(page.read_text())
+    mutate(body["data"][0]["results"][0])
+    page.write_text(json.dumps(body))
+    with pytest.raises(BillingError, match="anthropic") as exc:
+        read_anthropic_costs(tmp_path, DAY)
+    assert message in str(exc.value) and str(page) in str(exc.value)
+
+
+def test_bill_that_is_not_json_is_an_error(tmp_path):
+    folder = tmp_path / "openai" / DAY.isoformat()
+    folder.mkdir(parents=True)
+    (folder / "page-1.json").write_text('{"data": [')
+    with pytest.raises(BillingError, match="is not valid JSON"):
+        read_openai_costs(tmp_path, DAY)
+
+
+def test_manifest_windows_and_unlisted_files(tmp_path):
+    project = tmp_path / "prefix" / "proj"
+    (project / "observations_v2").mkdir(parents=True)
+    (project / "manifests").mkdir()
+    for name in ("2026-11-21T01-00-00.jsonl.gz", "2026-11-21T02-00-00.parquet", "notes.txt"):
+        (project / "observations_v2" / name).write_bytes(b"")
+    (project / "manifests" / "2026-11-21T01-00-00.json").write_text(json.dumps({
+        "version": 1, "projectId": "proj", "window": {"minTimestamp": "2026-11-21T00:00:00.000Z",
+                                                      "maxTimestamp": "2026-11-21T01:00:00.000Z"},
+        "files": [{"key": "prefix/proj/observations_v2/2026-11-21T01-00-00.jsonl.gz", "table": "observations_v2"}]}))
+    (project / "manifests" / "2026-11-21T02-00-00.json").write_text("{not json")
+    listing = list_export_files(tmp_path)
+    [listed] = listing.files
+    assert listed.format == "jsonl" and listed.window_start == datetime(2026, 11, 21, tzinfo=timezone.utc)
+    assert listing.unlisted == [project / "observations_v2" / "2026-11-21T02-00-00.parquet"]
+    assert len(listing.unreadable_manifests) == 1
+
+
+def test_settings_from_environment_and_validation(tmp_path):
+    settings = FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_ALLOCATION_KEYS": "team, product",
+                                        "FINOPS_BILLING_DIR": "/bills", "FINOPS_RECONCILIATION_ERROR_PCT": "7.5"})
+    assert settings.allocation_keys == ["team", "product"]
+    assert settings.billing_dir == "/bills" and settings.finout_dir == str(tmp_path / "finout")
+    assert settings.reconciliation_error_pct == 7.5
+    for bad in ("Team", "cost", "team,team", "a-b"):
+        with pytest.raises(ValueError):
+            FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_ALLOCATION_KEYS": bad})
+
+
+@pytest.mark.parametrize(("model", "provider"), [
+    ("gpt-4o-2024-08-06", "openai"), ("ft:gpt-4o-mini:acme::x1", "openai"), ("o3-mini", "openai"),
+    ("claude-3-5-haiku-20241022", "anthropic"), ("anthropic.claude-sonnet-4", "anthropic"),
+    ("gemini-2.5-pro", "google"), ("acme-llama-ft", "unknown"), (None, "unknown"),
+])
+def test_provider_of_model(model, provider):
+    assert pricing.provider_of(model) == provider
+
+
+def test_price_table_rates_come_from_the_maintained_table():
+    price = pricing.price_of("claude-sonnet-4-20250514", DAY)
+    assert (price.input, price.cached, price.output) == (Decimal("0.000003"), Decimal("0.0000003"), Decimal("0.000015"))
+    assert pricing.price_of("acme-llama-ft", DAY) is None
