@@ -111,10 +111,9 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
     conn.execute("COMMIT")
 
 
-def replace_partition(
-    conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str, params: list | None = None
-) -> int:
-    """Delete the day's rows of `table` and insert `select_sql`, in the caller's transaction."""
+def replace_partition(conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str) -> int:
+    """Delete the day's rows of `table` and insert `select_sql` (which may use `$day`), in the caller's
+    transaction."""
     conn.execute(f"DELETE FROM {table} WHERE day = ?", [day])
-    conn.execute(f"INSERT INTO {table} {select_sql}", params or [])
+    conn.execute(f"INSERT INTO {table} {select_sql}", {"day": day} if "$day" in select_sql else [])
     return conn.execute(f"SELECT count(*) FROM {table} WHERE day = ?", [day]).fetchone()[0]

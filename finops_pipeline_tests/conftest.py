@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from finops_pipeline.definitions import ASSETS, build_resources
+from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline.settings import FinopsSettings
 
 DAY = date(2026, 11, 21)
@@ -71,6 +72,15 @@ def generation(obs_id: str, start_time: str, model: str = "gpt-4o-2024-08-06", c
 def day_window(day: date = DAY) -> tuple[datetime, datetime]:
     start = datetime(day.year, day.month, day.day)
     return start, start + timedelta(days=1)
+
+
+def cover_day(settings: FinopsSettings, rows_by_hour: dict[int, list[dict]] | None = None,
+              ext: str = "jsonl.gz") -> None:
+    """Hourly export runs across DAY, with `rows_by_hour[h]` in the window [h, h+1]."""
+    start, _ = day_window()
+    for hour in range(24):
+        write_export_file(Path(settings.langfuse_export_dir), start + timedelta(hours=hour),
+                          start + timedelta(hours=hour + 1), (rows_by_hour or {}).get(hour, []), ext)
 
 
 def write_openai_bill(billing_dir: Path, day: date, line_items: dict[str, float], pages: int = 1) -> None:

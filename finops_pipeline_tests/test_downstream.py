@@ -1,19 +1,17 @@
 """Allocation, the Finout file, bills and reconciliation, on constructed days."""
 
 import csv
-from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from finops_pipeline.assets.allocated_costs import conservation_check
-from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline.destinations.finout import file_name
 from finops_pipeline_tests.conftest import (
     DAY,
     check_evaluation,
-    day_window,
+    cover_day,
     generation,
     materialization_metadata,
     materialize_day,
@@ -25,10 +23,7 @@ from finops_pipeline_tests.conftest import (
 
 
 def write_day(settings, rows: list[dict]) -> None:
-    start, _ = day_window()
-    for hour in range(24):
-        write_export_file(Path(settings.langfuse_export_dir), start + timedelta(hours=hour),
-                          start + timedelta(hours=hour + 1), rows if hour == 9 else [])
+    cover_day(settings, {9: rows})
 
 
 ROWS = [

@@ -4,12 +4,12 @@ import gzip
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 
 from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline_tests.conftest import (
     DAY,
+    cover_day,
     day_window,
     generation,
     materialization_metadata,
@@ -23,14 +23,6 @@ STAGE = ["langfuse_generations"]
 
 def export_dir(settings) -> Path:
     return Path(settings.langfuse_export_dir)
-
-
-def cover_day(settings, rows_by_hour: dict[int, list[dict]] | None = None, ext: str = "jsonl.gz") -> None:
-    """Hourly export runs across DAY, with `rows_by_hour[h]` in the window [h, h+1]."""
-    start, _ = day_window()
-    for hour in range(24):
-        write_export_file(export_dir(settings), start + timedelta(hours=hour), start + timedelta(hours=hour + 1),
-                          (rows_by_hour or {}).get(hour, []), ext)
 
 
 def staged_ids(settings) -> list[str]:

@@ -17,7 +17,7 @@ SELECT day, allocation, provider, coalesce(model, 'unknown') AS model,
        sum(reasoning_tokens), sum(total_tokens),
        coalesce(sum(cost_usd), 0) AS cost_usd
 FROM langfuse_generations
-WHERE day = ?
+WHERE day = $day
 GROUP BY ALL
 """
 
@@ -41,7 +41,7 @@ def allocated_costs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -
     day = partition_day(context)
     with connect(duckdb) as conn:
         with transaction(conn):
-            rows = replace_partition(conn, "allocated_costs", day, _ALLOCATE, [day])
+            rows = replace_partition(conn, "allocated_costs", day, _ALLOCATE)
         result = conservation_check(conn, day)
     return dg.MaterializeResult(
         metadata={

@@ -47,7 +47,7 @@ def cost_reconciliation(
     day = partition_day(context)
     with connect(duckdb) as conn:
         with transaction(conn):
-            rows = replace_partition(conn, "cost_reconciliation", day, _RECONCILE.replace("$day", "?"), [day] * 3)
+            rows = replace_partition(conn, "cost_reconciliation", day, _RECONCILE)
         table = conn.execute(
             "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? ORDER BY provider", [day]).df()
     check = gap_check(table, settings)

@@ -57,10 +57,6 @@ def langfuse_generations(
 
     with connect(duckdb) as conn:
         rejected = read_export_files(conn, files)
-        # The day a file's window starts: where rows that carry no readable time of their own are filed.
-        conn.execute("CREATE OR REPLACE TEMP TABLE export_files (file_rank INTEGER, file_day DATE)")
-        conn.executemany("INSERT INTO export_files VALUES (?, ?)",
-                         [[rank, (f.window_start or f.window_end).date()] for rank, f in enumerate(files)])
         stage_day(conn, day, settings.allocation_keys)
         if rejected:
             conn.executemany(

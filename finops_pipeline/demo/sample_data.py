@@ -171,7 +171,7 @@ def _write_jsonl_gz(path: Path, rows: list[dict], extra_lines: tuple[str, ...] =
             f.write(line + "\n")
 
 
-def _write_csv_gz(path: Path, rows: list[dict], extra_lines: tuple[str, ...] = ()) -> None:
+def _write_csv_gz(path: Path, rows: list[dict]) -> None:
     """As Langfuse writes CSV: header from the first row, every cell quoted, objects and arrays as JSON."""
     header = list(rows[0]) if rows else ["id"]
     buffer = io.StringIO()
@@ -184,7 +184,7 @@ def _write_csv_gz(path: Path, rows: list[dict], extra_lines: tuple[str, ...] = (
         f.write(buffer.getvalue())
 
 
-def _write_parquet(path: Path, rows: list[dict], extra_lines: tuple[str, ...] = ()) -> None:
+def _write_parquet(path: Path, rows: list[dict]) -> None:
     """Maps and arrays as Parquet MAP and LIST, as ClickHouse's Parquet output has them."""
     tmp = path.with_suffix(".tmp.jsonl")
     tmp.write_text("".join(json.dumps({**r, "cost_details": {k: str(v) for k, v in r.get("cost_details", {}).items()}})
@@ -214,7 +214,12 @@ def write_export_file(export_dir: Path, lo: datetime, hi: datetime, rows: list[d
     table_dir.mkdir(parents=True, exist_ok=True)
     stamp = hi.strftime("%Y-%m-%dT%H-%M-%S")
     path = table_dir / f"{stamp}.{ext}"
-    {"parquet": _write_parquet, "csv.gz": _write_csv_gz}.get(ext, _write_jsonl_gz)(path, rows, extra_lines)
+    if ext in ("jsonl.gz", "jsonl"):
+        _write_jsonl_gz(path, rows, extra_lines)
+    elif extra_lines:
+        raise ValueError(f"raw extra lines only go into JSONL files, not {ext}")
+    else:
+        {"parquet": _write_parquet, "csv.gz": _write_csv_gz}[ext](path, rows)
     if manifest:
         manifest_dir = export_dir / project_id / "manifests"
         manifest_dir.mkdir(parents=True, exist_ok=True)

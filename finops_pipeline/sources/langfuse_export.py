@@ -198,10 +198,14 @@ class Rejected:
 def read_export_files(conn: duckdb.DuckDBPyConnection, files: list[ExportFile]) -> list[Rejected]:
     """Load `files` into the temp table `export_rows`; return what could not be read, and why.
 
-    A file that fails to read (corrupt gzip, truncated parquet, ...) adds no rows: each file is one
-    statement, and the day goes on with the others.
+    Also fills `export_files` (file_rank -> the day the file's window starts): where rows that carry no
+    readable time of their own are filed. A file that fails to read (corrupt gzip, truncated parquet, ...)
+    adds no rows: each file is one statement, and the day goes on with the others.
     """
     conn.execute(EXPORT_ROWS_DDL)
+    conn.execute("CREATE OR REPLACE TEMP TABLE export_files (file_rank INTEGER, file_day DATE)")
+    conn.execute("INSERT INTO export_files SELECT unnest($ranks), unnest($days)",
+                 {"ranks": list(range(len(files))), "days": [(f.window_start or f.window_end).date() for f in files]})
     rejected: list[Rejected] = []
     for rank, export_file in enumerate(files):
         sql = _READ_FILE.replace("{lines}", _LINES[export_file.format])
