@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 UV := .uv/bin/uv
 PY := .venv/bin/python
 
-.PHONY: install demo dev test validate clean
+.PHONY: install demo dev test validate bench clean
 
 # uv itself, pinned, in its own small venv; then the project's venv exactly as uv.lock says.
 $(UV):
@@ -37,5 +37,11 @@ validate: install $(DAGSTER_HOME)/dagster.yaml
 test: install
 	.venv/bin/pytest -n 2
 
+# One day of N generations through the pipeline, a per-row loop and DuckDB's floor (bench/run.py).
+# The first run writes the sample exports under bench/data/ (about a minute per million per format).
+BENCH_SIZES ?= 0.25M,0.5M,1M
+bench: install
+	$(PY) bench/run.py --sizes $(BENCH_SIZES)
+
 clean:
-	rm -rf .venv .uv .finops .pytest_cache
+	rm -rf .venv .uv .finops .pytest_cache bench/data

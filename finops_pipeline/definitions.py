@@ -13,7 +13,9 @@ from finops_pipeline.settings import FinopsSettings
 
 
 def build_resources(settings: FinopsSettings) -> dict:
-    return {"settings": settings, "duckdb": DuckDBResource(database=str(settings.duckdb_path))}
+    duckdb = DuckDBResource(database=str(settings.duckdb_path),
+                            connection_config={"memory_limit": settings.duckdb_memory_limit})
+    return {"settings": settings, "duckdb": duckdb}
 
 
 ASSETS = [langfuse_generations, allocated_costs, finout_upload, openai_costs, anthropic_costs, cost_reconciliation]

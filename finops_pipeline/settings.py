@@ -28,6 +28,7 @@ ENV_VARS = {
     "reconciliation_warn_pct": "FINOPS_RECONCILIATION_WARN_PCT",
     "unallocated_warn_share_pct": "FINOPS_UNALLOCATED_WARN_PCT",
     "unpriced_warn_count": "FINOPS_UNPRICED_WARN_COUNT",
+    "duckdb_memory_limit": "FINOPS_DUCKDB_MEMORY_LIMIT",
 }
 
 # Columns of the Finout file that are not allocation keys.
@@ -56,6 +57,10 @@ class FinopsSettings(dg.ConfigurableResource):
     )
     unpriced_warn_count: int = Field(
         default=0, ge=0, description="Unpriced generations in a day above which the check warns."
+    )
+    duckdb_memory_limit: str = Field(
+        default="500MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB's memory limit: above it, DuckDB spills to disk. Raise it for speed on large days.",
     )
 
     @field_validator("allocation_keys")

@@ -217,3 +217,21 @@ def test_rerun_replaces_the_partition_and_keeps_other_days(settings):
     assert materialize_day(settings, selection=STAGE).success
     assert query(settings, "SELECT day, count(*) FROM langfuse_generations GROUP BY 1 ORDER BY 1") == [
         (prev, 1), (DAY, 1)]
+
+
+def test_rows_after_a_blank_line_are_quarantined_with_their_physical_line(settings):
+    """The fast JSON reader skips blank lines, so a file with rows to quarantine is re-read line by line."""
+    import json
+
+    start, _ = day_window()
+    cover_day(settings)
+    path = write_export_file(export_dir(settings), start + timedelta(hours=13), start + timedelta(hours=14),
+                             [generation("good", "2026-11-21 13:30:00.000000")],
+                             extra_lines=("", json.dumps(generation("no-time", None)), "   ",
+                                          json.dumps(generation("negative", "2026-11-21 13:31:00.000000", cost=-1))))
+    assert materialize_day(settings, selection=STAGE).success
+    assert staged_ids(settings) == ["good"]
+    assert query(settings, "SELECT file, line, observation_id, reason FROM quarantine ORDER BY line") == [
+        (str(path), 3, "no-time", "missing start_time"),
+        (str(path), 5, "negative", "negative total_cost: -1"),
+    ]

@@ -7,10 +7,11 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from finops_pipeline.generations import UNALLOCATED, stage_day
+from finops_pipeline.generations import UNALLOCATED, generations_sql, prepare_day
 from finops_pipeline.partitions import daily_partitions, day_bounds, partition_day
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.sources.langfuse_export import list_export_files, read_export_files
+from finops_pipeline.sources.langfuse_export import list_export_files
+from finops_pipeline.sources.observation_rows import read_observations
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
 UNALLOCATED_CHECK = "unallocated_cost_share"
@@ -56,15 +57,15 @@ def langfuse_generations(
         context.log.warning(f"Skipped manifest {path}: {why}")
 
     with connect(duckdb) as conn:
-        rejected = read_export_files(conn, files)
-        stage_day(conn, day, settings.allocation_keys)
+        rejected = read_observations(conn, files, settings.allocation_keys)
+        prepare_day(conn, day)
         if rejected:
             conn.executemany(
                 "INSERT INTO day_quarantine VALUES ('langfuse_generations', ?, ?, ?, NULL, ?)",
                 [[day, str(r.file), r.line, r.reason] for r in rejected],
             )
         with transaction(conn):
-            rows = replace_partition(conn, "langfuse_generations", day, "SELECT * FROM day_generations")
+            rows = replace_partition(conn, "langfuse_generations", day, generations_sql(settings.allocation_keys))
             conn.execute("DELETE FROM quarantine WHERE source = 'langfuse_generations' AND day = ?", [day])
             conn.execute("INSERT INTO quarantine SELECT * FROM day_quarantine")
         stats = generation_stats(conn, day, settings.allocation_keys)

@@ -1,0 +1,185 @@
+"""`make bench`: time the pipeline on one day of N generations, against a per-row loop and DuckDB's floor.
+
+For each size, writes (once, cached under --data) a day of N generations as a Langfuse blob export in
+`.jsonl.gz` and in Parquet (bench/export_day.py), then times, each in a fresh process so that peak memory
+is its own:
+  pipeline  the real Dagster run of langfuse_generations -> allocated_costs -> finout_upload for the day,
+            stage by stage (Dagster's step events) and in total, with peak RSS;
+  per-row   bench/per_row_loop.py: json.loads per line, Python dicts (JSONL only);
+  floor     DuckDB reading the same files and grouping cost by the Finout dimensions: no validation,
+            no dedup, no writes; no pipeline on DuckDB beats it.
+and prints the figures, the ratios per-row/pipeline and pipeline/floor, and how time and memory scale.
+
+    python bench/run.py --sizes 0.25M,0.5M,1M --formats jsonl,parquet [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+DAY = date(2026, 11, 20)
+EXTENSIONS = {"jsonl": "jsonl.gz", "parquet": "parquet"}
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1_000, "M": 1_000_000}.get(text[-1], 1)
+    return int(float(text.rstrip("KM")) * scale)
+
+
+def export_dir(data: Path, n: int, fmt: str) -> Path:
+    """The day's export for (n, fmt), written on first use; `.complete` marks a finished write."""
+    folder = data / f"{n}" / fmt
+    if not (folder / ".complete").exists():
+        sys.path.insert(0, str(BENCH))
+        from export_day import write_export_day
+
+        started = time.perf_counter()
+        print(f"  writing {n:,} generations as {fmt} to {folder} ...", flush=True)
+        write_export_day(folder, DAY, n, fmt)
+        (folder / ".complete").touch()
+        print(f"  written in {time.perf_counter() - started:.0f} s", flush=True)
+    return folder
+
+
+def in_child(*args: str) -> tuple[dict, float]:
+    """Run `args` in a fresh Python; return its JSON line and its own peak RSS in MB."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed with exit code {proc.returncode}")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+
+
+def child_pipeline(export: str, profile: bool) -> None:
+    """In a fresh process: the three assets for DAY through Dagster, on a throwaway FINOPS_HOME."""
+    import dagster as dg
+
+    from finops_pipeline.definitions import ASSETS, build_resources
+    from finops_pipeline.settings import FinopsSettings
+
+    with tempfile.TemporaryDirectory() as home:
+        settings = FinopsSettings.from_env({**os.environ, "FINOPS_HOME": home, "FINOPS_LANGFUSE_EXPORT_DIR": export})
+        instance = dg.DagsterInstance.ephemeral()
+        selection = [a for a in ASSETS if a.key.to_user_string() in ("langfuse_generations", "allocated_costs", "finout_upload")]
+        quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+        profiler = None
+        if profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler()
+            profiler.start()
+        started = time.perf_counter()
+        result = dg.materialize(selection, partition_key=DAY.isoformat(), resources=build_resources(settings),
+                                instance=instance, run_config=quiet)
+        total = time.perf_counter() - started
+        if profiler:
+            profiler.stop()
+            print(profiler.output_text(color=False, show_all=False), file=sys.stderr)
+        steps, begun = {}, {}
+        for entry in instance.all_logs(result.run_id):
+            event = entry.dagster_event
+            if event and event.event_type_value == "STEP_START":
+                begun[entry.step_key] = entry.timestamp
+            elif event and event.event_type_value == "STEP_SUCCESS":
+                steps[entry.step_key] = entry.timestamp - begun[entry.step_key]
+        [staged] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "langfuse_generations"]
+        rows = staged.materialization.metadata["dagster/row_count"].value
+    print(json.dumps({"total": total, "rows": rows, **steps}))
+
+
+def child_floor(export: str, fmt: str) -> None:
+    """DuckDB alone: read the fields the Finout file needs and group cost by its dimensions."""
+    import duckdb
+
+    files = sorted(str(p) for p in Path(export).rglob(f"*.{EXTENSIONS[fmt]}"))
+    source = ("read_json($files, format='newline_delimited', records=true, columns={'start_time': 'VARCHAR', "
+              "'provided_model_name': 'VARCHAR', 'total_cost': 'DECIMAL(38, 12)', 'metadata': 'JSON', "
+              "'usage_details': 'JSON', 'environment': 'VARCHAR'})" if fmt == "jsonl" else "read_parquet($files)")
+    metadata = ("metadata ->> '$.{}'" if fmt == "jsonl" else "metadata['{}']").format
+    started = time.perf_counter()
+    with duckdb.connect() as conn:
+        groups = conn.execute(f"""
+            SELECT left(start_time::VARCHAR, 10), provided_model_name, {metadata('feature')}, {metadata('team')},
+                   {metadata('customer_id')}, {metadata('tier')}, environment, count(*), sum(total_cost)
+            FROM {source} GROUP BY ALL""", {"files": files}).fetchall()
+    print(json.dumps({"total": time.perf_counter() - started, "groups": len(groups)}))
+
+
+def child_loop(export: str) -> None:
+    sys.path.insert(0, str(BENCH))
+    from per_row_loop import run
+
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        rows = run(Path(export), DAY, Path(out) / "loop.csv")
+    print(json.dumps({"total": time.perf_counter() - started, "rows": rows}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1M", help="generations a day, comma-separated: 0.25M, 0.5M, 1M, 2M, 10M")
+    parser.add_argument("--formats", default="jsonl,parquet")
+    parser.add_argument("--data", type=Path, default=BENCH / "data", help="where generated exports are kept")
+    parser.add_argument("--no-loop", action="store_true", help="skip the per-row loop (slow at large sizes)")
+    parser.add_argument("--profile", action="store_true", help="print a pyinstrument profile of each pipeline run")
+    args = parser.parse_args()
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    formats = [f.strip() for f in args.formats.split(",")]
+
+    results = []
+    for n in sizes:
+        for fmt in formats:
+            export = str(export_dir(args.data, n, fmt))
+            print(f"{n:>10,} {fmt:8s}", end=" ", flush=True)
+            extra = ["--profile"] if args.profile else []
+            pipeline, pipeline_mb = in_child(__file__, "_pipeline", export, *extra)
+            floor, _ = in_child(__file__, "_floor", export, fmt)
+            loop, loop_mb = (in_child(__file__, "_loop", export) if fmt == "jsonl" and not args.no_loop
+                             else ({"total": None}, None))
+            results.append({"n": n, "format": fmt, "pipeline": pipeline, "pipeline_mb": pipeline_mb,
+                            "floor": floor["total"], "loop": loop["total"], "loop_mb": loop_mb})
+            print(f"pipeline {pipeline['total']:.1f} s", flush=True)
+
+    print()
+    print("| generations | format | staging s | allocation s | Finout file s | pipeline total s | peak MB "
+          "| per-row loop s | loop peak MB | DuckDB floor s | loop / pipeline | pipeline / floor |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        p = r["pipeline"]
+        loop = f"{r['loop']:.1f}" if r["loop"] else "n/a"
+        loop_mb = f"{r['loop_mb']:.0f}" if r["loop_mb"] else "n/a"
+        speedup = f"{r['loop'] / p['total']:.1f}x" if r["loop"] else "n/a"
+        print(f"| {r['n']:,} | {r['format']} | {p['langfuse_generations']:.2f} | {p['allocated_costs']:.2f} "
+              f"| {p['finout_upload']:.2f} | {p['total']:.2f} | {r['pipeline_mb']:.0f} | {loop} | {loop_mb} "
+              f"| {r['floor']:.2f} | {speedup} | {p['total'] / r['floor']:.2f}x |")
+    for fmt in formats:
+        runs = [r for r in results if r["format"] == fmt]
+        if len(runs) > 1:
+            first = runs[0]
+            print(f"\nscaling ({fmt}, relative to {first['n']:,}): " + ", ".join(
+                f"{r['n'] / first['n']:g}x rows -> {r['pipeline']['total'] / first['pipeline']['total']:.2f}x time, "
+                f"{r['pipeline_mb'] / first['pipeline_mb']:.2f}x peak memory" for r in runs[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_pipeline":
+        child_pipeline(sys.argv[2], profile="--profile" in sys.argv)
+    elif len(sys.argv) > 1 and sys.argv[1] == "_floor":
+        child_floor(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_loop":
+        child_loop(sys.argv[2])
+    else:
+        sys.exit(main())

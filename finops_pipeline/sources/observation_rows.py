@@ -1,0 +1,276 @@
+"""Read Langfuse export files into validated observation rows: the fields cost needs, typed, each row
+either clean or carrying the reason it is quarantined.
+
+Each file is one statement, so one broken file costs only itself, and files are read concurrently, one
+per DuckDB thread (a gzip stream is decompressed by one thread). A JSONL file is first read the fast
+way, by DuckDB's JSON reader; that reader stops at the first line that is not a JSON object and cannot
+number lines (it skips blank ones), so a file where it fails, or that holds any row to quarantine, is
+read again line by line: every row of it then has its exact line number. Parquet has row numbers and
+typed columns, so it needs no second way. CSV (objects and arrays as JSON text in cells) and JSON-array
+files are always read line by line.
+
+The rows land in `scratch.observations`, an in-memory database attached to the connection (shared by
+its cursors; spilled to disk by DuckDB above its memory limit). The prompt and completion text is read
+by the parser, never selected: it never reaches a table.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from finops_pipeline.sources.langfuse_export import ExportFile
+from finops_pipeline.warehouse import MONEY
+
+# The export columns cost allocation needs. Nested values are read as JSON text, parsed further only
+# for the parts used, so validation can name exactly what is wrong. `input`/`output` are never named.
+RAW_COLUMNS = {
+    "id": "VARCHAR", "trace_id": "VARCHAR", "project_id": "VARCHAR", "type": "VARCHAR", "name": "VARCHAR",
+    "start_time": "VARCHAR", "environment": "VARCHAR", "user_id": "VARCHAR", "session_id": "VARCHAR",
+    "provided_model_name": "VARCHAR", "model": "VARCHAR", "usage_details": "JSON", "cost_details": "JSON",
+    "total_cost": "JSON", "prompt_name": "VARCHAR", "prompt_version": "VARCHAR", "tags": "JSON", "metadata": "JSON",
+}
+_NESTED = [name for name, kind in RAW_COLUMNS.items() if kind == "JSON"]
+
+OBSERVATIONS_DDL = f"""
+CREATE OR REPLACE TABLE scratch.observations (
+    file_rank INTEGER, line BIGINT, reason VARCHAR,
+    id VARCHAR, trace_id VARCHAR, project_id VARCHAR, type VARCHAR, name VARCHAR, start_time TIMESTAMP,
+    model VARCHAR, environment VARCHAR, user_id VARCHAR, session_id VARCHAR, prompt_name VARCHAR,
+    prompt_version INTEGER, tags VARCHAR[], metadata_values VARCHAR[],
+    input_tokens BIGINT, output_tokens BIGINT, cached_tokens BIGINT, cache_write_tokens BIGINT,
+    reasoning_tokens BIGINT, total_tokens BIGINT, langfuse_cost {MONEY}
+)
+"""
+
+_MACROS = """
+-- Langfuse usage keys are disjoint (detail keys are subtracted from input/output): sort them by kind.
+CREATE OR REPLACE MACRO scratch.token_kind(k) AS CASE
+    WHEN k = 'input' THEN 'input' WHEN k = 'output' THEN 'output' WHEN k = 'total' THEN 'total'
+    WHEN k ILIKE '%reasoning%' THEN 'reasoning'
+    WHEN k ILIKE '%cache%' AND (k ILIKE '%creation%' OR k ILIKE '%write%') THEN 'cache_write'
+    WHEN k ILIKE '%cache%' THEN 'cached'
+    WHEN k ILIKE 'input%' OR k ILIKE 'prompt%' THEN 'input'
+    WHEN k ILIKE 'output%' OR k ILIKE 'completion%' THEN 'output'
+    ELSE 'other' END;
+-- Values of `values` whose kind (same position in `kinds`) is `kind`; NULL when there are none.
+CREATE OR REPLACE MACRO scratch.sum_of(values, kinds, kind) AS
+    list_sum(list_where(values, list_transform(kinds, lambda k: k = kind)));
+CREATE OR REPLACE MACRO scratch.sum_except(values, kinds, kind) AS
+    list_sum(list_where(values, list_transform(kinds, lambda k: k <> kind)));
+-- The first position where `texts` holds a value that is not a whole number >= 0 (`numbers`: the same, cast).
+CREATE OR REPLACE MACRO scratch.bad_count_at(texts, numbers) AS list_position(list_transform(list_zip(texts, numbers),
+    lambda p: p[1] IS NULL OR coalesce(p[2] >= 0 AND p[2] % 1 = 0, false)), false);
+CREATE OR REPLACE MACRO scratch.bad_amount_at(texts, amounts) AS list_position(list_transform(list_zip(texts, amounts),
+    lambda p: p[1] IS NULL OR coalesce(p[2] >= 0, false)), false);
+"""
+
+
+def _validate_sql(raw_sql: str, metadata_keys: list[str]) -> str:
+    """`INSERT` the rows of `raw_sql` (columns: line, is_object, RAW_COLUMNS) into scratch.observations."""
+    paths = "[" + ", ".join(f"'$.\"{key}\"'" for key in metadata_keys) + "]"  # keys are validated identifiers
+    return f"""
+INSERT INTO scratch.observations
+WITH raw AS ({raw_sql}),
+parsed AS (
+    SELECT *,
+        TRY_CAST(nullif(trim(start_time), '') AS TIMESTAMPTZ)::TIMESTAMP AS ts,
+        json_type(usage_details) AS usage_type, json_type(cost_details) AS cost_type,
+        nullif(total_cost ->> '$', '') AS total_text
+    FROM raw
+),
+entries AS (  -- keys and values of the usage and cost objects, in document order
+    SELECT *,
+        CASE WHEN usage_type = 'OBJECT' THEN json_keys(usage_details) END AS usage_keys,
+        CASE WHEN usage_type = 'OBJECT' THEN json_extract_string(usage_details, '$.*') END AS usage_text,
+        CASE WHEN cost_type = 'OBJECT' THEN json_keys(cost_details) END AS cost_keys,
+        CASE WHEN cost_type = 'OBJECT' THEN json_extract_string(cost_details, '$.*') END AS cost_text
+    FROM parsed
+),
+typed AS (
+    SELECT *,
+        list_transform(usage_text, lambda v: TRY_CAST(v AS DOUBLE)) AS usage_numbers,
+        list_transform(usage_keys, lambda k: scratch.token_kind(k)) AS usage_kinds,
+        list_transform(cost_text, lambda v: TRY_CAST(v AS {MONEY})) AS amounts,
+        TRY_CAST(total_text AS {MONEY}) AS total_amount
+    FROM entries
+),
+checked AS (
+    SELECT *,
+        -- token counts are whole numbers >= 0 (JSON numbers, or numeric text: ClickHouse quotes UInt64)
+        coalesce(list_count(usage_numbers) = list_count(usage_text) AND coalesce(list_min(usage_numbers) >= 0, true)
+                 AND list_sum(list_transform(usage_numbers, lambda n: n % 1)) = 0, true) AS usage_ok,
+        coalesce(list_count(amounts) = list_count(cost_text) AND coalesce(list_min(amounts) >= 0, true), true) AS cost_ok,
+        usage_numbers::BIGINT[] AS counts
+    FROM typed
+)
+SELECT $rank, line,
+    CASE
+        WHEN NOT is_object THEN 'malformed line: not a JSON object'
+        WHEN coalesce(trim(id), '') = '' THEN 'missing id'
+        WHEN coalesce(trim(start_time), '') = '' THEN 'missing start_time'
+        WHEN ts IS NULL THEN 'unparseable start_time: ' || left(start_time, 40)
+        WHEN usage_type NOT IN ('OBJECT', 'NULL') THEN 'usage_details is not an object: ' || left(usage_details, 40)
+        WHEN NOT usage_ok THEN 'usage_details.' || usage_keys[scratch.bad_count_at(usage_text, usage_numbers)]
+            || ' is not a non-negative whole number: ' || left(usage_text[scratch.bad_count_at(usage_text, usage_numbers)], 40)
+        WHEN total_text IS NOT NULL AND total_amount IS NULL THEN 'total_cost is not a number: ' || left(total_text, 40)
+        WHEN total_amount < 0 THEN 'negative total_cost: ' || total_text
+        WHEN cost_type NOT IN ('OBJECT', 'NULL') THEN 'cost_details is not an object: ' || left(cost_details, 40)
+        WHEN NOT cost_ok THEN 'cost_details.' || cost_keys[scratch.bad_amount_at(cost_text, amounts)]
+            || ' is not a non-negative number: ' || left(cost_text[scratch.bad_amount_at(cost_text, amounts)], 40)
+    END AS reason,
+    id, trace_id, project_id, type, name, ts, nullif(trim(coalesce(provided_model_name, model)), ''),
+    environment, user_id, session_id, prompt_name, TRY_CAST(prompt_version AS INTEGER),
+    CASE WHEN tags = '[]' THEN []::VARCHAR[] WHEN json_type(tags) = 'ARRAY' THEN TRY_CAST(tags AS VARCHAR[]) END,
+    json_extract_string(metadata, {paths}),  -- NULLs where metadata is not an object
+    coalesce(scratch.sum_of(counts, usage_kinds, 'input'), 0),
+    coalesce(scratch.sum_of(counts, usage_kinds, 'output'), 0),
+    coalesce(scratch.sum_of(counts, usage_kinds, 'cached'), 0),
+    coalesce(scratch.sum_of(counts, usage_kinds, 'cache_write'), 0),
+    coalesce(scratch.sum_of(counts, usage_kinds, 'reasoning'), 0),
+    coalesce(scratch.sum_of(counts, usage_kinds, 'total'), scratch.sum_except(counts, usage_kinds, 'total'), 0),
+    -- Langfuse's own price: totalCost, else costDetails.total, else the sum of costDetails.
+    coalesce(total_amount, scratch.sum_of(amounts, cost_keys, 'total'), scratch.sum_except(amounts, cost_keys, 'total'))
+FROM checked
+"""
+
+
+_ROW_STRUCT = "'" + json.dumps(RAW_COLUMNS) + "'"
+_RAW_LIST = ", ".join(RAW_COLUMNS)
+
+
+def _from_text(lines_sql: str, decode_nested: bool) -> str:
+    """Raw columns from `lines_sql` (line, text), where text should be one JSON object."""
+    # CASE, not AND: only CASE keeps json_type from seeing text that is not JSON.
+    nested = {n: (f"CASE WHEN json_type(r.{n}) = 'VARCHAR' THEN (CASE WHEN json_valid(r.{n} ->> '$') "
+                  f"THEN (r.{n} ->> '$')::JSON WHEN (r.{n} ->> '$') <> '' THEN r.{n} END) ELSE r.{n} END"
+                  if decode_nested else f"r.{n}") for n in _NESTED}
+    columns = ", ".join(f"{nested.get(n, 'r.' + n)} AS {n}" for n in RAW_COLUMNS)
+    return f"""
+        SELECT line, is_object, {columns}
+        FROM (SELECT line, is_object, CASE WHEN is_object THEN from_json(text, {_ROW_STRUCT}) END AS r
+              FROM (SELECT line, CASE WHEN json_valid(text) THEN json_type(text) = 'OBJECT' ELSE false END AS is_object,
+                           text
+                    FROM ({lines_sql}) WHERE text IS NOT NULL AND trim(text) <> ''))
+    """
+
+
+_FAST_JSONL = (f"SELECT NULL::BIGINT AS line, true AS is_object, {_RAW_LIST} FROM read_json($file,"
+               f" format='newline_delimited', records=true, columns={RAW_COLUMNS!r})")
+
+_LINES = {
+    # Each physical line is one value: no delimiter or quote can split it; a blank line is a NULL row.
+    "jsonl": "SELECT row_number() OVER () AS line, text FROM read_csv($file, columns={'text': 'VARCHAR'},"
+    " header=false, delim=chr(1), quote='', escape='', auto_detect=false, max_line_size=16777216, buffer_size=33554432)",
+    "json": "SELECT row_number() OVER () AS line, json::VARCHAR AS text"
+    " FROM read_json($file, format='array', records=false)",
+    # Langfuse quotes every CSV cell and writes objects and arrays as JSON text; `line` is the record
+    # number counting the header as line 1.
+    "csv": "SELECT row_number() OVER () + 1 AS line, to_json(t)::VARCHAR AS text"
+    " FROM read_csv($file, header=true, all_varchar=true, auto_detect=true,"
+    " store_rejects=true, rejects_scan='csv_rejects_scan', rejects_table='csv_rejects') t",
+    # Only when a Parquet file's columns do not have the types Langfuse writes.
+    "parquet": "SELECT file_row_number + 1 AS line, to_json(t)::VARCHAR AS text"
+    " FROM read_parquet($file, file_row_number=true) t",
+}
+
+
+def _parquet_sql(conn: duckdb.DuckDBPyConnection, path: Path) -> str:
+    """Raw columns straight from Parquet's typed columns (maps and lists become JSON); absent ones are NULL."""
+    present = {row[0] for row in conn.execute("DESCRIBE SELECT * FROM read_parquet($file)", {"file": str(path)}).fetchall()}
+    columns = []
+    for name, kind in RAW_COLUMNS.items():
+        if name not in present:
+            columns.append(f"NULL::{kind} AS {name}")
+        elif kind == "JSON":
+            columns.append(f"to_json({name}) AS {name}")
+        else:
+            columns.append(f"{name}::VARCHAR AS {name}")
+    return (f"SELECT file_row_number + 1 AS line, true AS is_object, {', '.join(columns)}"
+            " FROM read_parquet($file, file_row_number=true)")
+
+
+# What a broken file raises. Anything else (a binder or parser error) is a bug here, and must fail loudly.
+_UNREADABLE = (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """What could not be read at all: a whole file (line None) or one CSV record."""
+
+    file: Path
+    line: int | None
+    reason: str
+
+
+def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], metadata_keys: list[str]) -> list[Rejected]:
+    """Load `files` into `scratch.observations` (see module doc); return what could not be read, and why.
+
+    Also fills `scratch.export_files` (file_rank, file, file_day: the day the file's window starts,
+    where rows with no readable time of their own are filed). `metadata_values` holds the values of
+    `metadata_keys`, in that order. Later files rank higher: they win on duplicate ids.
+    """
+    conn.execute("ATTACH IF NOT EXISTS ':memory:' AS scratch")
+    conn.execute(_MACROS)
+    conn.execute(OBSERVATIONS_DDL)
+    conn.execute("CREATE OR REPLACE TABLE scratch.export_files (file_rank INTEGER, file VARCHAR, file_day DATE)")
+    conn.execute("INSERT INTO scratch.export_files SELECT unnest($ranks), unnest($files), unnest($days)", {
+        "ranks": list(range(len(files))), "files": [str(f.path) for f in files],
+        "days": [(f.window_start or f.window_end).date() for f in files]})
+    rejected = _each_file(conn, range(len(files)), lambda cursor, rank: _read_file(cursor, rank, files[rank], metadata_keys))
+    # Rows the fast JSON reader read carry no line number: a file with any row to quarantine is read
+    # again line by line, so that every quarantined row says where it is.
+    to_number = [rank for (rank,) in conn.execute(
+        "SELECT DISTINCT file_rank FROM scratch.observations WHERE reason IS NOT NULL AND line IS NULL").fetchall()]
+    if to_number:
+        conn.execute("DELETE FROM scratch.observations WHERE list_contains($ranks, file_rank)", {"ranks": to_number})
+        rejected += _each_file(conn, to_number, lambda cursor, rank: _read_lines(cursor, rank, files[rank], metadata_keys))
+    return rejected
+
+
+def _each_file(conn: duckdb.DuckDBPyConnection, ranks, read) -> list[Rejected]:
+    """`read(cursor, rank)` for each file, as many at once as DuckDB has threads."""
+    threads = int(conn.execute("SELECT current_setting('threads')").fetchone()[0])
+
+    def on_own_cursor(rank: int) -> list[Rejected]:
+        with conn.cursor() as cursor:
+            return read(cursor, rank)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return [r for rejected in pool.map(on_own_cursor, ranks) for r in rejected]
+
+
+def _read_file(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, metadata_keys: list[str]) -> list[Rejected]:
+    """The fast way where the format has one, else (or when it fails) line by line."""
+    params = {"rank": rank, "file": str(export_file.path)}
+    try:
+        if export_file.format == "jsonl":
+            conn.execute(_validate_sql(_FAST_JSONL, metadata_keys), params)
+            return []
+        if export_file.format == "parquet":
+            conn.execute(_validate_sql(_parquet_sql(conn, export_file.path), metadata_keys), params)
+            return []
+    except _UNREADABLE:
+        pass  # a line that is not a JSON object, Parquet columns not typed as Langfuse writes them, ...
+    return _read_lines(conn, rank, export_file, metadata_keys)
+
+
+def _read_lines(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, metadata_keys: list[str]) -> list[Rejected]:
+    fmt = export_file.format
+    try:  # one statement: a file that fails to read adds nothing
+        conn.execute(_validate_sql(_from_text(_LINES[fmt], decode_nested=fmt == "csv"), metadata_keys),
+                     {"rank": rank, "file": str(export_file.path)})
+    except _UNREADABLE as exc:
+        return [Rejected(export_file.path, None, f"unreadable {fmt} file: {_first_line(exc)}")]
+    if fmt == "csv":
+        return [Rejected(export_file.path, line, f"malformed CSV record: {error[:200]}") for line, error in
+                conn.execute("SELECT line, error_message FROM csv_rejects ORDER BY line").fetchall()]
+    return []
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:300]
