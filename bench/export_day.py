@@ -13,7 +13,6 @@ metadata, 10% `key:value` tags only, the rest partial or nothing.
 
 from __future__ import annotations
 
-import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
@@ -22,6 +21,7 @@ from pathlib import Path
 import duckdb
 
 from finops_pipeline import pricing
+from finops_pipeline.demo.sample_data import write_manifest
 
 PROJECT_ID = "cm-bench-project"
 FEATURES = [("ticket-summary", "support"), ("chat-assistant", "product"), ("code-review", "engineering"),
@@ -154,14 +154,11 @@ def _ext(fmt: str) -> str:
 def write_export_day(dest: Path, day: date, n: int, fmt: str) -> Path:
     """Write `n` generations of `day` under `dest` as 24 hourly export runs in `fmt` (jsonl | parquet)."""
     table_dir = dest / PROJECT_ID / "observations_v2"
-    manifest_dir = dest / PROJECT_ID / "manifests"
     table_dir.mkdir(parents=True, exist_ok=True)
-    manifest_dir.mkdir(parents=True, exist_ok=True)
     ext = _ext(fmt)
     options = "FORMAT json, COMPRESSION gzip" if fmt == "jsonl" else "FORMAT parquet, COMPRESSION snappy"
     sql = _rows_sql(day, n)
     midnight = datetime(day.year, day.month, day.day)
-    iso = "%Y-%m-%dT%H:%M:%S.000Z"
 
     def write_hour(conn: duckdb.DuckDBPyConnection, hour: int) -> None:
         lo, hi = midnight + timedelta(hours=hour), midnight + timedelta(hours=hour + 1)
@@ -173,22 +170,15 @@ def write_export_day(dest: Path, day: date, n: int, fmt: str) -> Path:
                          TO '{path}' ({options})""",
                      {"lo": max(first, 0), "hi": min(last, n), "lo_text": lo.strftime("%Y-%m-%d %H:%M:%S.%f"),
                       "hi_text": hi.strftime("%Y-%m-%d %H:%M:%S.%f")})
-        (manifest_dir / f"{stamp}.json").write_text(json.dumps({
-            "version": 1, "projectId": PROJECT_ID, "exportSource": "EVENTS",
-            "window": {"minTimestamp": lo.strftime(iso), "maxTimestamp": hi.strftime(iso)},
-            "createdAt": (hi + timedelta(minutes=20)).strftime(iso), "tables": ["observations_v2"],
-            "files": [{"key": f"{PROJECT_ID}/observations_v2/{path.name}", "table": "observations_v2",
-                       "fileType": ext, "compressed": fmt == "jsonl", "sizeBytes": path.stat().st_size}],
-        }))
+        write_manifest(dest, PROJECT_ID, lo, hi, path, None)
 
     with duckdb.connect() as conn:
         _text_pool(conn)
         _lookup_tables(conn, day)
-        # Compression runs on one thread per file: write two files at a time.
         def write_hour_on_own_cursor(hour: int) -> None:
             with conn.cursor() as cursor:
                 write_hour(cursor, hour)
 
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(2) as pool:  # gzip runs on one thread per file: write two at a time
             list(pool.map(write_hour_on_own_cursor, range(24)))
     return dest

@@ -26,6 +26,7 @@ FIRST_CLASS_FIELDS = {
 }
 UNALLOCATED = "unallocated"
 
+
 def _allocation_sql(keys: list[str]) -> str:
     """A MAP of key -> value: metadata, else a `key:value` tag, else a first-class field, else unallocated."""
     parts = []

@@ -59,8 +59,8 @@ class FinopsSettings(dg.ConfigurableResource):
         default=0, ge=0, description="Unpriced generations in a day above which the check warns."
     )
     duckdb_memory_limit: str = Field(
-        default="500MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
-        description="DuckDB's memory limit: above it, DuckDB spills to disk. Raise it for speed on large days.",
+        default="500MB", pattern=r"^(\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)|\d{1,2}%)$",
+        description="DuckDB's memory limit (e.g. 500MB, 2GB, 80%): above it, DuckDB spills to disk. Raise it for speed.",
     )
 
     @field_validator("allocation_keys")

@@ -94,3 +94,16 @@ def test_price_table_rates_come_from_the_maintained_table():
     price = pricing.price_of("claude-sonnet-4-20250514", DAY)
     assert (price.input, price.cached, price.output) == (Decimal("0.000003"), Decimal("0.0000003"), Decimal("0.000015"))
     assert pricing.price_of("acme-llama-ft", DAY) is None
+
+
+def test_duckdb_memory_limit_reaches_the_warehouse_connection(tmp_path):
+    from finops_pipeline.definitions import build_resources
+
+    tmp_path.mkdir(exist_ok=True)
+    for limit, shown in (("2GB", "1.8 GiB"), ("1.5 GiB", "1.5 GiB")):
+        settings = FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_DUCKDB_MEMORY_LIMIT": limit})
+        with build_resources(settings)["duckdb"].get_connection() as conn:
+            assert conn.execute("SELECT current_setting('memory_limit')").fetchone()[0] == shown
+    assert FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_DUCKDB_MEMORY_LIMIT": "80%"})
+    with pytest.raises(ValueError, match="duckdb_memory_limit"):
+        FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_DUCKDB_MEMORY_LIMIT": "lots"})

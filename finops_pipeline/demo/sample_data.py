@@ -221,19 +221,26 @@ def write_export_file(export_dir: Path, lo: datetime, hi: datetime, rows: list[d
     else:
         {"parquet": _write_parquet, "csv.gz": _write_csv_gz}[ext](path, rows)
     if manifest:
-        manifest_dir = export_dir / project_id / "manifests"
-        manifest_dir.mkdir(parents=True, exist_ok=True)
-        body = {
-            "version": 1, "projectId": project_id, "exportSource": "EVENTS",
-            "window": {"minTimestamp": _iso(lo), "maxTimestamp": _iso(hi)}, "maxTimestamp": _iso(hi),
-            "createdAt": _iso(hi + timedelta(minutes=20)), "tables": ["observations_v2"],
-            "files": [{"key": f"{project_id}/observations_v2/{path.name}", "table": "observations_v2",
-                       "fileType": ext, "format": ext.replace(".gz", "-gzip"), "compressed": ext.endswith(".gz"),
-                       "contentType": "application/gzip" if ext.endswith(".gz") else "application/octet-stream",
-                       "sizeBytes": path.stat().st_size, "rowCount": None if ext == "parquet" else len(rows)}],
-        }
-        (manifest_dir / f"{stamp}.json").write_text(json.dumps(body, indent=2) + "\n")
+        write_manifest(export_dir, project_id, lo, hi, path, None if ext == "parquet" else len(rows))
     return path
+
+
+def write_manifest(export_dir: Path, project_id: str, lo: datetime, hi: datetime, path: Path,
+                   row_count: int | None) -> None:
+    """The manifest Langfuse writes last for the export run of window [lo, hi] that wrote `path`."""
+    ext = path.name.split(".", 1)[1]
+    manifest_dir = export_dir / project_id / "manifests"
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    body = {
+        "version": 1, "projectId": project_id, "exportSource": "EVENTS",
+        "window": {"minTimestamp": _iso(lo), "maxTimestamp": _iso(hi)}, "maxTimestamp": _iso(hi),
+        "createdAt": _iso(hi + timedelta(minutes=20)), "tables": ["observations_v2"],
+        "files": [{"key": f"{project_id}/observations_v2/{path.name}", "table": "observations_v2",
+                   "fileType": ext, "format": ext.replace(".gz", "-gzip"), "compressed": ext.endswith(".gz"),
+                   "contentType": "application/gzip" if ext.endswith(".gz") else "application/octet-stream",
+                   "sizeBytes": path.stat().st_size, "rowCount": row_count}],
+    }
+    (manifest_dir / f"{hi.strftime('%Y-%m-%dT%H-%M-%S')}.json").write_text(json.dumps(body, indent=2) + "\n")
 
 
 def write_export_day(export_dir: Path, day: date, rows: list[dict], corrupt_line: bool = False) -> None:
