@@ -1,6 +1,6 @@
 """From validated observation rows to the day's generations: dedup, price and allocate, all in SQL.
 
-Input: `scratch.observations` and `scratch.export_files` (see sources/observation_rows.py).
+Input: `scratch.observations` and `scratch.sources` (see sources/observation_rows.py).
 Output: the SELECT of the day's rows for `langfuse_generations`, and the temp table `day_quarantine`.
 """
 
@@ -74,7 +74,7 @@ def prepare_day(conn: duckdb.DuckDBPyConnection, day: date) -> None:
         CREATE OR REPLACE TEMP TABLE day_quarantine AS
         SELECT 'langfuse_generations' AS source, $day AS day, f.file, o.line, nullif(trim(o.id), '') AS observation_id,
                o.reason
-        FROM scratch.observations o JOIN scratch.export_files f USING (file_rank)
+        FROM scratch.observations o JOIN scratch.sources f USING (file_rank)
         WHERE o.reason IS NOT NULL AND coalesce(o.start_time::DATE, f.file_day) = $day
     """, {"day": day})
 
@@ -112,6 +112,6 @@ def generations_sql(allocation_keys: list[str]) -> str:
             o.environment, o.user_id, o.session_id, o.prompt_name, o.prompt_version, o.tags,
             {_allocation_sql(allocation_keys)} AS allocation,
             f.file AS source_file
-        FROM latest o JOIN scratch.export_files f USING (file_rank) LEFT JOIN model_prices p USING (model)
+        FROM latest o JOIN scratch.sources f USING (file_rank) LEFT JOIN model_prices p USING (model)
         WHERE o.start_time >= $day AND o.start_time < $day + INTERVAL 1 DAY
     """

@@ -28,6 +28,7 @@ ENV_VARS = {
     "reconciliation_warn_pct": "FINOPS_RECONCILIATION_WARN_PCT",
     "unallocated_warn_share_pct": "FINOPS_UNALLOCATED_WARN_PCT",
     "unpriced_warn_count": "FINOPS_UNPRICED_WARN_COUNT",
+    "completeness_tolerance_pct": "FINOPS_COMPLETENESS_TOLERANCE_PCT",
     "duckdb_memory_limit": "FINOPS_DUCKDB_MEMORY_LIMIT",
 }
 
@@ -57,6 +58,11 @@ class FinopsSettings(dg.ConfigurableResource):
     )
     unpriced_warn_count: int = Field(
         default=0, ge=0, description="Unpriced generations in a day above which the check warns."
+    )
+    completeness_tolerance_pct: float = Field(
+        default=0.1, ge=0, le=100,
+        description="How far (% of the server's figure) the day's extracted count or cost may be from Langfuse's own "
+                    "totals before the completeness check fails (late data can move the server's figure).",
     )
     duckdb_memory_limit: str = Field(
         default="500MB", pattern=r"^(\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)|\d{1,2}%)$",

@@ -21,13 +21,15 @@ def settings(tmp_path: Path) -> FinopsSettings:
     return FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path / "finops")})
 
 
-def materialize_day(settings: FinopsSettings, day: date = DAY, selection=None, **overrides) -> dg.ExecuteInProcessResult:
-    """Materialise `day` of the whole graph (or `selection`) the way a Dagster run does."""
+def materialize_day(settings: FinopsSettings, day: date = DAY, selection=None, langfuse=None, instance=None,
+                    **overrides) -> dg.ExecuteInProcessResult:
+    """Materialise `day` of the whole graph (or `selection`) the way a Dagster run does; from the
+    Langfuse API when `langfuse` (a LangfuseApiResource) is given, else from the export folder."""
     if overrides:
         settings = replace_settings(settings, **overrides)
     return dg.materialize(
-        ASSETS, selection=selection, partition_key=day.isoformat(), resources=build_resources(settings),
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        ASSETS, selection=selection, partition_key=day.isoformat(), resources=build_resources(settings, langfuse),
+        instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False,
     )
 
 

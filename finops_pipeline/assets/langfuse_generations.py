@@ -1,45 +1,118 @@
-"""langfuse_generations: the day's cost-carrying observations, one row per generation, in DuckDB."""
+"""langfuse_generations: the day's cost-carrying observations, one row per generation, in DuckDB.
 
+Read from the Langfuse API v2 when keys are set (resources.py), else from the blob export; both land in
+`scratch.observations` and go through the same validation, dedup, pricing, allocation and quarantine.
+"""
 
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.generations import UNALLOCATED, generations_sql, prepare_day
 from finops_pipeline.partitions import daily_partitions, day_bounds, partition_day
+from finops_pipeline.resources import LangfuseApiResource
 from finops_pipeline.settings import FinopsSettings
+from finops_pipeline.sources.langfuse_api import COST_TYPES, LangfuseApiError, ServerTotals
 from finops_pipeline.sources.langfuse_export import list_export_files
-from finops_pipeline.sources.observation_rows import read_observations
+from finops_pipeline.sources.observation_rows import ApiPageLoader, Rejected, read_observations
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
+ASSET = "langfuse_generations"
 UNALLOCATED_CHECK = "unallocated_cost_share"
 UNPRICED_CHECK = "unpriced_generations"
+COMPLETENESS_CHECK = "extraction_complete"
 
 
-@dg.asset(
+@dg.multi_asset(
+    specs=[dg.AssetSpec(
+        ASSET,
+        group_name="ingestion",
+        kinds={"langfuse", "duckdb"},
+        description=(
+            "Generation-level tokens and cost for the day, from the Langfuse API v2 (when LANGFUSE_PUBLIC_KEY "
+            "and LANGFUSE_SECRET_KEY are set) or the Langfuse blob export: one row per observation that "
+            "carries cost or usage, deduped by id, priced from the price table where Langfuse had no price, "
+            "with the allocation keys resolved. Malformed rows go to the `quarantine` table with where they "
+            "came from and why. Never prompt or completion text."
+        ),
+    )],
     partitions_def=daily_partitions,
     pool=WAREHOUSE_POOL,
-    group_name="ingestion",
-    kinds={"langfuse", "duckdb"},
-    description=(
-        "Generation-level tokens and cost for the day, read from the Langfuse blob export: one row per "
-        "observation that carries cost or usage, deduped by id (latest export wins), priced from the "
-        "price table where Langfuse had no price, with the allocation keys resolved. Malformed rows go "
-        "to the `quarantine` table with file, line and reason. Never prompt or completion text."
-    ),
     check_specs=[
-        dg.AssetCheckSpec(UNALLOCATED_CHECK, asset="langfuse_generations",
+        dg.AssetCheckSpec(UNALLOCATED_CHECK, asset=ASSET,
                           description="Share of the day's cost with an allocation key left `unallocated`."),
-        dg.AssetCheckSpec(UNPRICED_CHECK, asset="langfuse_generations",
+        dg.AssetCheckSpec(UNPRICED_CHECK, asset=ASSET,
                           description="Generations neither Langfuse nor the price table could price."),
+        dg.AssetCheckSpec(COMPLETENESS_CHECK, asset=ASSET, blocking=True,
+                          description="API extraction only: the day's extracted observations and cost match "
+                                      "Langfuse's own totals (GET /api/public/v2/metrics)."),
     ],
+    # The completeness check has nothing to compare against when the day comes from the blob export:
+    # it is then left unevaluated rather than passed.
+    can_subset=True,
 )
 def langfuse_generations(
-    context: dg.AssetExecutionContext, duckdb: DuckDBResource, settings: FinopsSettings
-) -> dg.MaterializeResult:
+    context: dg.AssetExecutionContext, duckdb: DuckDBResource, settings: FinopsSettings, langfuse: LangfuseApiResource
+) -> Iterator[dg.MaterializeResult]:
     day = partition_day(context)
+    with connect(duckdb) as conn:
+        extraction = (_extract_from_api(context, conn, langfuse, settings, day) if langfuse.configured
+                      else _extract_from_export(context, conn, settings, day))
+        prepare_day(conn, day)
+        if extraction.rejected:
+            conn.executemany(
+                "INSERT INTO day_quarantine VALUES ('langfuse_generations', ?, ?, ?, NULL, ?)",
+                [[day, str(r.file), r.line, r.reason] for r in extraction.rejected],
+            )
+        with transaction(conn):
+            rows = replace_partition(conn, "langfuse_generations", day, generations_sql(settings.allocation_keys))
+            conn.execute("DELETE FROM quarantine WHERE source = 'langfuse_generations' AND day = ?", [day])
+            conn.execute("INSERT INTO quarantine SELECT * FROM day_quarantine")
+        stats = generation_stats(conn, day, settings.allocation_keys)
+        quarantined = conn.execute("SELECT count(*) FROM day_quarantine").fetchone()[0]
+        quarantine_sample = conn.execute(
+            "SELECT file, line, reason FROM day_quarantine ORDER BY file, line LIMIT 10").df()
+        extracted = _extracted(conn, day) if extraction.server_totals or extraction.server_error else None
+
+    for r in extraction.rejected:
+        context.log.warning(f"Quarantined {r.file}{f' line {r.line}' if r.line else ''}: {r.reason}")
+    metadata = {
+        "dagster/row_count": rows,
+        "total_cost_usd": stats["total_cost"],
+        "langfuse_priced_cost_usd": stats["cost_langfuse"],
+        "price_table_cost_usd": stats["cost_price_table"],
+        "unpriced_generations": stats["unpriced"],
+        "unallocated_cost_usd": stats["unallocated_cost"],
+        "quarantined_rows": quarantined,
+        **extraction.metadata,
+    }
+    if quarantined:
+        metadata["quarantine_sample"] = dg.MetadataValue.md(quarantine_sample.to_markdown(index=False))
+    checks = [unallocated_check(stats, settings), unpriced_check(stats, settings)]
+    if extracted is not None:
+        checks.append(completeness_check(*extracted, extraction, settings))
+    yield dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+@dataclass
+class Extraction:
+    """What a source loaded into scratch.observations, besides the rows."""
+
+    rejected: list[Rejected] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+    server_totals: ServerTotals | None = None  # the API's own count and cost of the day
+    server_error: str | None = None  # why they could not be had
+
+
+def _extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: FinopsSettings, day: date) -> Extraction:
     start, end = day_bounds(day)
     export_dir = Path(settings.langfuse_export_dir)
     listing = list_export_files(export_dir)
@@ -55,42 +128,91 @@ def langfuse_generations(
         context.log.warning(f"Skipped {path}: no manifest lists it yet (Langfuse may still be writing it).")
     for path, why in listing.unreadable_manifests:
         context.log.warning(f"Skipped manifest {path}: {why}")
+    rejected = read_observations(conn, files, settings.allocation_keys)
+    return Extraction(rejected, {"source": f"blob export {export_dir}", "files_read": len(files),
+                                 "files_skipped_unlisted": len(listing.unlisted)})
 
-    with connect(duckdb) as conn:
-        rejected = read_observations(conn, files, settings.allocation_keys)
-        prepare_day(conn, day)
-        if rejected:
-            conn.executemany(
-                "INSERT INTO day_quarantine VALUES ('langfuse_generations', ?, ?, ?, NULL, ?)",
-                [[day, str(r.file), r.line, r.reason] for r in rejected],
-            )
-        with transaction(conn):
-            rows = replace_partition(conn, "langfuse_generations", day, generations_sql(settings.allocation_keys))
-            conn.execute("DELETE FROM quarantine WHERE source = 'langfuse_generations' AND day = ?", [day])
-            conn.execute("INSERT INTO quarantine SELECT * FROM day_quarantine")
-        stats = generation_stats(conn, day, settings.allocation_keys)
-        quarantined = conn.execute("SELECT count(*) FROM day_quarantine").fetchone()[0]
-        quarantine_sample = conn.execute(
-            "SELECT file, line, reason FROM day_quarantine ORDER BY file, line LIMIT 10").df()
 
-    for r in rejected:
-        context.log.warning(f"Quarantined {r.file}{f' line {r.line}' if r.line else ''}: {r.reason}")
-    metadata = {
-        "dagster/row_count": rows,
-        "total_cost_usd": stats["total_cost"],
-        "langfuse_priced_cost_usd": stats["cost_langfuse"],
-        "price_table_cost_usd": stats["cost_price_table"],
-        "unpriced_generations": stats["unpriced"],
-        "unallocated_cost_usd": stats["unallocated_cost"],
-        "quarantined_rows": quarantined,
-        "files_read": len(files),
-        "files_skipped_unlisted": len(listing.unlisted),
-    }
-    if quarantined:
-        metadata["quarantine_sample"] = dg.MetadataValue.md(quarantine_sample.to_markdown(index=False))
-    return dg.MaterializeResult(
-        metadata=metadata,
-        check_results=[unallocated_check(stats, settings), unpriced_check(stats, settings)],
+def _extract_from_api(context, conn: duckdb.DuckDBPyConnection, langfuse: LangfuseApiResource,
+                      settings: FinopsSettings, day: date) -> Extraction:
+    start, end = day_bounds(day)
+    loader = ApiPageLoader(conn, settings.allocation_keys)
+    started = time.monotonic()
+    with langfuse.client() as api:
+        context.log.info(f"Reading {day} from Langfuse at {api.host}: {langfuse.windows} windows, "
+                         f"{langfuse.concurrency} at once, at most {langfuse.requests_per_minute:g} requests/min.")
+        try:
+            stats = api.fetch_observations(start, end, loader, windows=langfuse.windows,
+                                           concurrency=langfuse.concurrency, metadata_keys=settings.allocation_keys)
+        except LangfuseApiError as exc:
+            raise dg.Failure(str(exc)) from None
+        seconds = time.monotonic() - started
+        extraction = Extraction(metadata={
+            "source": f"langfuse api {api.host}",
+            "api_requests": stats.requests, "api_pages": stats.pages, "api_retries": stats.retries,
+            "api_retry_reasons": ", ".join(f"{why} ×{n}" for why, n in stats.retry_reasons.most_common()) or "none",
+            "api_rate_limited": stats.rate_limited, "api_windows_split": stats.windows_split,
+            "api_fetch_seconds": round(seconds, 2),
+        })
+        try:
+            extraction.server_totals = api.totals(start, end)
+        except LangfuseApiError as exc:
+            extraction.server_error = str(exc)
+    if stats.retries or stats.windows_split:
+        context.log.warning(f"Langfuse API: {stats.retries} retries ({stats.rate_limited} rate-limited), "
+                            f"{stats.windows_split} windows split after server timeouts.")
+    return extraction
+
+
+def _extracted(conn: duckdb.DuckDBPyConnection, day: date) -> tuple[int, Decimal]:
+    """Observations of the day as extracted (quarantined ones included: they were fetched) and their
+    Langfuse cost, each id once."""
+    count, cost = conn.execute("""
+        SELECT count(*), coalesce(sum(cost), 0) FROM (
+            SELECT o.id, max(o.langfuse_cost) AS cost
+            FROM scratch.observations o JOIN scratch.sources s USING (file_rank)
+            WHERE coalesce(o.start_time::DATE, s.file_day) = $day GROUP BY o.id)""", {"day": day}).fetchone()
+    return count, cost
+
+
+def completeness_check(count: int, cost: Decimal, extraction: Extraction, settings: FinopsSettings) -> dg.AssetCheckResult:
+    tolerance = settings.completeness_tolerance_pct
+    server = extraction.server_totals
+    if server is None:
+        return dg.AssetCheckResult(
+            check_name=COMPLETENESS_CHECK, passed=False, severity=dg.AssetCheckSeverity.WARN,
+            description=f"Could not verify: Langfuse's totals for the day are unavailable ({extraction.server_error})",
+            metadata={"extracted_observations": count, "extracted_cost_usd": float(cost)},
+        )
+
+    def gap_pct(ours, theirs) -> float:
+        return float(abs(Decimal(ours) - Decimal(theirs)) * 100 / Decimal(theirs)) if theirs else (0.0 if not ours else 100.0)
+
+    count_gap, cost_gap = gap_pct(count, server.observations), gap_pct(cost, server.total_cost)
+    passed = count_gap <= tolerance and cost_gap <= tolerance
+    description = (
+        f"Extracted {count:,} observations / ${cost:,.2f}; Langfuse counts {server.observations:,} / "
+        f"${server.total_cost:,.2f} (gaps {count_gap:.2f}% and {cost_gap:.2f}%, "
+        f"{'within' if passed else 'above'} the {tolerance:g}% tolerance)"
+    )
+    if not passed:
+        description += (". Rows are missing from the extraction (or arrived since): re-run the day; if it "
+                        "persists, the API is not serving every row.")
+    return dg.AssetCheckResult(
+        check_name=COMPLETENESS_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={
+            "extracted_observations": count,
+            "langfuse_observations": server.observations,
+            "extracted_cost_usd": float(cost),
+            "langfuse_cost_usd": float(server.total_cost),
+            "count_gap_pct": count_gap,
+            "cost_gap_pct": cost_gap,
+            "tolerance_pct": tolerance,
+            "observation_types": ", ".join(COST_TYPES),
+        },
     )
 
 

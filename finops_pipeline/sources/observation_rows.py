@@ -1,5 +1,6 @@
-"""Read Langfuse export files into validated observation rows: the fields cost needs, typed, each row
-either clean or carrying the reason it is quarantined.
+"""Langfuse observations into validated rows: the fields cost needs, typed, each row either clean or
+carrying the reason it is quarantined. Two sources, one set of rules: export files (`read_observations`)
+and pages of the v2 API (`ApiPageLoader`).
 
 Each file is one statement, so one broken file costs only itself, and files are read concurrently, one
 per DuckDB thread (a gzip stream is decompressed by one thread). A JSONL file is first read the fast
@@ -9,20 +10,26 @@ read again line by line: every row of it then has its exact line number. Parquet
 typed columns, so it needs no second way. CSV (objects and arrays as JSON text in cells) and JSON-array
 files are always read line by line.
 
+An API page is parsed by DuckDB too, straight from the response body: each row keeps its position in
+the page as its line number.
+
 The rows land in `scratch.observations`, an in-memory database attached to the connection (shared by
-its cursors; spilled to disk by DuckDB above its memory limit). The prompt and completion text is read
-by the parser, never selected: it never reaches a table.
+its cursors; spilled to disk by DuckDB above its memory limit), and `scratch.sources` names where each
+came from. The prompt and completion text is read by the parser, never selected: it never reaches a table.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timezone
 from pathlib import Path
 
 import duckdb
 
+from finops_pipeline.sources.langfuse_api import MalformedPage, Window
 from finops_pipeline.sources.langfuse_export import ExportFile
 from finops_pipeline.warehouse import MONEY
 
@@ -35,6 +42,15 @@ RAW_COLUMNS = {
     "total_cost": "JSON", "prompt_name": "VARCHAR", "prompt_version": "VARCHAR", "tags": "JSON", "metadata": "JSON",
 }
 _NESTED = [name for name, kind in RAW_COLUMNS.items() if kind == "JSON"]
+# The same fields as the v2 API names them. Its `totalCost` is not the stored total: the server sends
+# `costDetails.total ?? 0`, a $0 for every call it could not price, so cost is taken from costDetails.
+API_NAMES = {
+    "id": "id", "trace_id": "traceId", "project_id": "projectId", "type": "type", "name": "name",
+    "start_time": "startTime", "environment": "environment", "user_id": "userId", "session_id": "sessionId",
+    "provided_model_name": "providedModelName", "model": "model", "usage_details": "usageDetails",
+    "cost_details": "costDetails", "total_cost": None, "prompt_name": "promptName",
+    "prompt_version": "promptVersion", "tags": "tags", "metadata": "metadata",
+}
 
 OBSERVATIONS_DDL = f"""
 CREATE OR REPLACE TABLE scratch.observations (
@@ -71,10 +87,9 @@ CREATE OR REPLACE MACRO scratch.bad_amount_at(texts, amounts) AS list_position(l
 
 
 def _validate_sql(raw_sql: str, metadata_keys: list[str]) -> str:
-    """`INSERT` the rows of `raw_sql` (columns: line, is_object, RAW_COLUMNS) into scratch.observations."""
+    """The rows of `raw_sql` (columns: line, is_object, RAW_COLUMNS) as rows of scratch.observations."""
     paths = "[" + ", ".join(f"'$.\"{key}\"'" for key in metadata_keys) + "]"  # keys are validated identifiers
     return f"""
-INSERT INTO scratch.observations
 WITH raw AS ({raw_sql}),
 parsed AS (
     SELECT *,
@@ -110,7 +125,7 @@ checked AS (
 )
 SELECT $rank, line,
     CASE
-        WHEN NOT is_object THEN 'malformed line: not a JSON object'
+        WHEN NOT is_object THEN 'malformed ' || $unit || ': not a JSON object'
         WHEN coalesce(trim(id), '') = '' THEN 'missing id'
         WHEN coalesce(trim(start_time), '') = '' THEN 'missing start_time'
         WHEN ts IS NULL THEN 'unparseable start_time: ' || left(start_time, 40)
@@ -123,7 +138,7 @@ SELECT $rank, line,
         WHEN NOT cost_ok THEN 'cost_details.' || cost_keys[scratch.bad_amount_at(cost_text, amounts)]
             || ' is not a non-negative number: ' || left(cost_text[scratch.bad_amount_at(cost_text, amounts)], 40)
     END AS reason,
-    id, trace_id, project_id, type, name, ts, nullif(trim(coalesce(provided_model_name, model)), ''),
+    id, trace_id, project_id, type, name, ts AS start_time, nullif(trim(coalesce(provided_model_name, model)), ''),
     environment, user_id, session_id, prompt_name, TRY_CAST(prompt_version AS INTEGER),
     CASE WHEN tags = '[]' THEN []::VARCHAR[] WHEN json_type(tags) = 'ARRAY' THEN TRY_CAST(tags AS VARCHAR[]) END,
     json_extract_string(metadata, {paths}),  -- NULLs where metadata is not an object
@@ -139,20 +154,23 @@ FROM checked
 """
 
 
-_ROW_STRUCT = "'" + json.dumps(RAW_COLUMNS) + "'"
 _RAW_LIST = ", ".join(RAW_COLUMNS)
 
 
-def _from_text(lines_sql: str, decode_nested: bool) -> str:
-    """Raw columns from `lines_sql` (line, text), where text should be one JSON object."""
+def _from_text(lines_sql: str, decode_nested: bool, names: dict[str, str | None] | None = None) -> str:
+    """Raw columns from `lines_sql` (line, text), where text should be one JSON object whose keys are
+    `names` (raw column -> key; None: not sent), by default the export's."""
+    names = names or {n: n for n in RAW_COLUMNS}
+    struct = "'" + json.dumps({names[n]: kind for n, kind in RAW_COLUMNS.items() if names[n]}) + "'"
+    fields = {n: f'r."{names[n]}"' if names[n] else f"NULL::{RAW_COLUMNS[n]}" for n in RAW_COLUMNS}
     # CASE, not AND: only CASE keeps json_type from seeing text that is not JSON.
-    nested = {n: (f"CASE WHEN json_type(r.{n}) = 'VARCHAR' THEN (CASE WHEN json_valid(r.{n} ->> '$') "
-                  f"THEN (r.{n} ->> '$')::JSON WHEN (r.{n} ->> '$') <> '' THEN r.{n} END) ELSE r.{n} END"
-                  if decode_nested else f"r.{n}") for n in _NESTED}
-    columns = ", ".join(f"{nested.get(n, 'r.' + n)} AS {n}" for n in RAW_COLUMNS)
+    nested = {n: (f"CASE WHEN json_type({f}) = 'VARCHAR' THEN (CASE WHEN json_valid({f} ->> '$') "
+                  f"THEN ({f} ->> '$')::JSON WHEN ({f} ->> '$') <> '' THEN {f} END) ELSE {f} END"
+                  if decode_nested else f) for n, f in fields.items() if n in _NESTED}
+    columns = ", ".join(f"{nested.get(n, fields[n])} AS {n}" for n in RAW_COLUMNS)
     return f"""
         SELECT line, is_object, {columns}
-        FROM (SELECT line, is_object, CASE WHEN is_object THEN from_json(text, {_ROW_STRUCT}) END AS r
+        FROM (SELECT line, is_object, CASE WHEN is_object THEN from_json(text, {struct}) END AS r
               FROM (SELECT line, CASE WHEN json_valid(text) THEN json_type(text) = 'OBJECT' ELSE false END AS is_object,
                            text
                     FROM ({lines_sql}) WHERE text IS NOT NULL AND trim(text) <> ''))
@@ -207,18 +225,23 @@ class Rejected:
     reason: str
 
 
-def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], metadata_keys: list[str]) -> list[Rejected]:
-    """Load `files` into `scratch.observations` (see module doc); return what could not be read, and why.
-
-    Also fills `scratch.export_files` (file_rank, file, file_day: the day the file's window starts,
-    where rows with no readable time of their own are filed). `metadata_values` holds the values of
-    `metadata_keys`, in that order. Later files rank higher: they win on duplicate ids.
-    """
+def start_scratch(conn: duckdb.DuckDBPyConnection) -> None:
+    """Empty `scratch.observations` and `scratch.sources` (file_rank, file, file_day: the day where rows
+    with no readable time of their own are filed)."""
     conn.execute("ATTACH IF NOT EXISTS ':memory:' AS scratch")
     conn.execute(_MACROS)
     conn.execute(OBSERVATIONS_DDL)
-    conn.execute("CREATE OR REPLACE TABLE scratch.export_files (file_rank INTEGER, file VARCHAR, file_day DATE)")
-    conn.execute("INSERT INTO scratch.export_files SELECT unnest($ranks), unnest($files), unnest($days)", {
+    conn.execute("CREATE OR REPLACE TABLE scratch.sources (file_rank INTEGER, file VARCHAR, file_day DATE)")
+
+
+def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], metadata_keys: list[str]) -> list[Rejected]:
+    """Load export `files` into `scratch.observations` (see module doc); return what could not be read, and why.
+
+    `metadata_values` holds the values of `metadata_keys`, in that order. Later files rank higher: they
+    win on duplicate ids. A file's rows with no readable time are filed under the day its window starts.
+    """
+    start_scratch(conn)
+    conn.execute("INSERT INTO scratch.sources SELECT unnest($ranks), unnest($files), unnest($days)", {
         "ranks": list(range(len(files))), "files": [str(f.path) for f in files],
         "days": [(f.window_start or f.window_end).date() for f in files]})
     rejected = _each_file(conn, range(len(files)), lambda cursor, rank: _read_file(cursor, rank, files[rank], metadata_keys))
@@ -230,6 +253,47 @@ def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], 
         conn.execute("DELETE FROM scratch.observations WHERE list_contains($ranks, file_rank)", {"ranks": to_number})
         rejected += _each_file(conn, to_number, lambda cursor, rank: _read_lines(cursor, rank, files[rank], metadata_keys))
     return rejected
+
+
+_PAGE_ROWS = ("SELECT generate_subscripts(rows, 1) AS line, unnest(rows)::VARCHAR AS text"
+              " FROM (SELECT json_extract($body, '$.data[*]') AS rows)")
+
+
+class ApiPageLoader:
+    """Loads pages of GET /api/public/v2/observations into `scratch.observations`: a `LoadPage` for
+    `LangfuseApi.fetch_observations`, called from its worker threads, each on its own cursor.
+
+    A row's line number is its position in the page; its source is the request (window and page).
+    Rows the server sent for another window are ignored: the other window's chain fetches them.
+    """
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, metadata_keys: list[str]):
+        start_scratch(conn)
+        self._conn = conn
+        self._ranks = itertools.count()  # fetch order: a row fetched again wins, like a later export
+        self._insert = (f"INSERT INTO scratch.observations SELECT * FROM "
+                        f"({_validate_sql(_from_text(_PAGE_ROWS, False, API_NAMES), metadata_keys)})"
+                        " WHERE start_time IS NULL OR (start_time >= $lo AND start_time < $hi)")
+
+    def __call__(self, where: str, window: Window, body: str) -> str | None:
+        with self._conn.cursor() as cursor:
+            try:
+                data, next_cursor = cursor.execute(
+                    "SELECT json_type($body, '$.data'), $body ->> '$.meta.cursor'", {"body": body}).fetchone()
+            except duckdb.InvalidInputException as exc:
+                raise MalformedPage(_first_line(exc)) from None
+            if data != "ARRAY":
+                raise MalformedPage(f"no `data` array ({data or 'missing'})")
+            rank = next(self._ranks)
+            cursor.execute(self._insert, {"rank": rank, "body": body, "unit": "row", "lo": _naive(window.start),
+                                          "hi": _naive(window.end)})
+            cursor.execute("INSERT INTO scratch.sources VALUES (?, ?, ?)", [rank, where, window.start.date()])
+        return next_cursor
+
+
+def _naive(moment) -> object:
+    """UTC, without the zone: scratch.observations holds naive UTC timestamps."""
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def _each_file(conn: duckdb.DuckDBPyConnection, ranks, read) -> list[Rejected]:
@@ -246,13 +310,13 @@ def _each_file(conn: duckdb.DuckDBPyConnection, ranks, read) -> list[Rejected]:
 
 def _read_file(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, metadata_keys: list[str]) -> list[Rejected]:
     """The fast way where the format has one, else (or when it fails) line by line."""
-    params = {"rank": rank, "file": str(export_file.path)}
+    params = {"rank": rank, "file": str(export_file.path), "unit": "line"}
     try:
         if export_file.format == "jsonl":
-            conn.execute(_validate_sql(_FAST_JSONL, metadata_keys), params)
+            conn.execute(_insert(_FAST_JSONL, metadata_keys), params)
             return []
         if export_file.format == "parquet":
-            conn.execute(_validate_sql(_parquet_sql(conn, export_file.path), metadata_keys), params)
+            conn.execute(_insert(_parquet_sql(conn, export_file.path), metadata_keys), params)
             return []
     except _UNREADABLE:
         pass  # a line that is not a JSON object, Parquet columns not typed as Langfuse writes them, ...
@@ -262,14 +326,18 @@ def _read_file(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFi
 def _read_lines(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, metadata_keys: list[str]) -> list[Rejected]:
     fmt = export_file.format
     try:  # one statement: a file that fails to read adds nothing
-        conn.execute(_validate_sql(_from_text(_LINES[fmt], decode_nested=fmt == "csv"), metadata_keys),
-                     {"rank": rank, "file": str(export_file.path)})
+        conn.execute(_insert(_from_text(_LINES[fmt], decode_nested=fmt == "csv"), metadata_keys),
+                     {"rank": rank, "file": str(export_file.path), "unit": "line"})
     except _UNREADABLE as exc:
         return [Rejected(export_file.path, None, f"unreadable {fmt} file: {_first_line(exc)}")]
     if fmt == "csv":
         return [Rejected(export_file.path, line, f"malformed CSV record: {error[:200]}") for line, error in
                 conn.execute("SELECT line, error_message FROM csv_rejects ORDER BY line").fetchall()]
     return []
+
+
+def _insert(raw_sql: str, metadata_keys: list[str]) -> str:
+    return f"INSERT INTO scratch.observations {_validate_sql(raw_sql, metadata_keys)}"
 
 
 def _first_line(exc: Exception) -> str:
