@@ -10,7 +10,11 @@ is its own:
             no dedup, no writes; no pipeline on DuckDB beats it.
 and prints the figures, the ratios per-row/pipeline and pipeline/floor, and how time and memory scale.
 
-    python bench/run.py --sizes 0.25M,0.5M,1M --formats jsonl,parquet [--profile]
+Format `api` instead serves the day from the Langfuse API double on loopback, in its own process
+(bench/api_day.py), and times the same run reading it through the API client with no rate limit:
+generations per second, requests and peak memory.
+
+    python bench/run.py --sizes 0.25M,0.5M,1M --formats jsonl,parquet,api [--profile]
 """
 
 from __future__ import annotations
@@ -51,22 +55,42 @@ def export_dir(data: Path, n: int, fmt: str) -> Path:
     return folder
 
 
-def in_child(*args: str) -> tuple[dict, float]:
+def in_child(*args: str, env: dict | None = None) -> tuple[dict, float]:
     """Run `args` in a fresh Python; return its JSON line and its own peak RSS in MB."""
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent)
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent,
+                            env={**os.environ, **(env or {})})
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed with exit code {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+    result = json.loads(out.strip().splitlines()[-1])
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
+    return result, usage.ru_maxrss / 1024
+
+
+def serve_api_day(n: int) -> tuple[subprocess.Popen, dict]:
+    """The API double serving a day of `n` generations, in its own process; and the environment that
+    points the pipeline at it."""
+    server = subprocess.Popen([sys.executable, str(BENCH / "api_day.py"), str(n)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    url = server.stdout.readline().strip()
+    if not url:
+        raise SystemExit("the API double did not start")
+    sys.path.insert(0, str(BENCH))
+    from api_day import PUBLIC_KEY, SECRET_KEY
+
+    return server, {"LANGFUSE_HOST": url, "LANGFUSE_PUBLIC_KEY": PUBLIC_KEY, "LANGFUSE_SECRET_KEY": SECRET_KEY,
+                    "FINOPS_LANGFUSE_REQUESTS_PER_MINUTE": "0"}
 
 
 def child_pipeline(export: str, profile: bool) -> None:
-    """In a fresh process: the three assets for DAY through Dagster, on a throwaway FINOPS_HOME."""
+    """In a fresh process: the three assets for DAY through Dagster, on a throwaway FINOPS_HOME; from the
+    Langfuse API when LANGFUSE_* keys are set."""
     import dagster as dg
 
     from finops_pipeline.definitions import ASSETS, build_resources
+    from finops_pipeline.resources import LangfuseApiResource
     from finops_pipeline.settings import FinopsSettings
 
     with tempfile.TemporaryDirectory() as home:
@@ -81,8 +105,9 @@ def child_pipeline(export: str, profile: bool) -> None:
             profiler = Profiler()
             profiler.start()
         started = time.perf_counter()
-        result = dg.materialize(selection, partition_key=DAY.isoformat(), resources=build_resources(settings),
-                                instance=instance, run_config=quiet)
+        langfuse = LangfuseApiResource.from_env()
+        result = dg.materialize(selection, partition_key=DAY.isoformat(), instance=instance, run_config=quiet,
+                                resources=build_resources(settings, langfuse if langfuse.configured else None))
         total = time.perf_counter() - started
         if profiler:
             profiler.stop()
@@ -95,8 +120,9 @@ def child_pipeline(export: str, profile: bool) -> None:
             elif event and event.event_type_value == "STEP_SUCCESS":
                 steps[entry.step_key] = entry.timestamp - begun[entry.step_key]
         [staged] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "langfuse_generations"]
-        rows = staged.materialization.metadata["dagster/row_count"].value
-    print(json.dumps({"total": total, "rows": rows, **steps}))
+        metadata = {k: v.value for k, v in staged.materialization.metadata.items()}
+    api = {k: metadata[k] for k in ("api_requests", "api_fetch_seconds", "api_retries") if k in metadata}
+    print(json.dumps({"total": total, "rows": metadata["dagster/row_count"], **steps, **api}))
 
 
 def child_floor(export: str, fmt: str) -> None:
@@ -127,31 +153,7 @@ def child_loop(export: str) -> None:
     print(json.dumps({"total": time.perf_counter() - started, "rows": rows}))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1M", help="generations a day, comma-separated: 0.25M, 0.5M, 1M, 2M, 10M")
-    parser.add_argument("--formats", default="jsonl,parquet")
-    parser.add_argument("--data", type=Path, default=BENCH / "data", help="where generated exports are kept")
-    parser.add_argument("--no-loop", action="store_true", help="skip the per-row loop (slow at large sizes)")
-    parser.add_argument("--profile", action="store_true", help="print a pyinstrument profile of each pipeline run")
-    args = parser.parse_args()
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
-    formats = [f.strip() for f in args.formats.split(",")]
-
-    results = []
-    for n in sizes:
-        for fmt in formats:
-            export = str(export_dir(args.data, n, fmt))
-            print(f"{n:>10,} {fmt:8s}", end=" ", flush=True)
-            extra = ["--profile"] if args.profile else []
-            pipeline, pipeline_mb = in_child(__file__, "_pipeline", export, *extra)
-            floor, _ = in_child(__file__, "_floor", export, fmt)
-            loop, loop_mb = (in_child(__file__, "_loop", export) if fmt == "jsonl" and not args.no_loop
-                             else ({"total": None}, None))
-            results.append({"n": n, "format": fmt, "pipeline": pipeline, "pipeline_mb": pipeline_mb,
-                            "floor": floor["total"], "loop": loop["total"], "loop_mb": loop_mb})
-            print(f"pipeline {pipeline['total']:.1f} s", flush=True)
-
+def print_file_table(results: list[dict]) -> None:
     print()
     print("| generations | format | staging s | allocation s | Finout file s | pipeline total s | peak MB "
           "| per-row loop s | loop peak MB | DuckDB floor s | loop / pipeline | pipeline / floor |")
@@ -164,6 +166,64 @@ def main() -> int:
         print(f"| {r['n']:,} | {r['format']} | {p['langfuse_generations']:.2f} | {p['allocated_costs']:.2f} "
               f"| {p['finout_upload']:.2f} | {p['total']:.2f} | {r['pipeline_mb']:.0f} | {loop} | {loop_mb} "
               f"| {r['floor']:.2f} | {speedup} | {p['total'] / r['floor']:.2f}x |")
+
+
+def bench_api(n: int, profile: bool) -> dict:
+    print(f"{n:>10,} api      (starting the API double) ...", end=" ", flush=True)
+    server, env = serve_api_day(n)
+    try:
+        extra = ["--profile"] if profile else []
+        pipeline, pipeline_mb = in_child(__file__, "_pipeline", "", *extra, env=env)
+    finally:
+        server.stdin.close()
+        if server.wait(timeout=60):
+            raise SystemExit("the API double reported contract errors (see above)")
+    served = n - len(range(0, n, 50))  # every 50th row is a span, which is never fetched
+    print(f"pipeline {pipeline['total']:.1f} s, {served / pipeline['api_fetch_seconds']:,.0f} generations/s", flush=True)
+    return {"n": n, "format": "api", "pipeline": pipeline, "pipeline_mb": pipeline_mb, "served": served,
+            "floor": None, "loop": None, "loop_mb": None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1M", help="generations a day, comma-separated: 0.25M, 0.5M, 1M, 2M, 10M")
+    parser.add_argument("--formats", default="jsonl,parquet,api", help="jsonl, parquet (export files), api (the API double)")
+    parser.add_argument("--data", type=Path, default=BENCH / "data", help="where generated exports are kept")
+    parser.add_argument("--no-loop", action="store_true", help="skip the per-row loop (slow at large sizes)")
+    parser.add_argument("--profile", action="store_true", help="print a pyinstrument profile of each pipeline run")
+    args = parser.parse_args()
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    formats = [f.strip() for f in args.formats.split(",")]
+
+    results = []
+    for n in sizes:
+        for fmt in formats:
+            if fmt == "api":
+                results.append(bench_api(n, args.profile))
+                continue
+            export = str(export_dir(args.data, n, fmt))
+            print(f"{n:>10,} {fmt:8s}", end=" ", flush=True)
+            extra = ["--profile"] if args.profile else []
+            pipeline, pipeline_mb = in_child(__file__, "_pipeline", export, *extra)
+            floor, _ = in_child(__file__, "_floor", export, fmt)
+            loop, loop_mb = (in_child(__file__, "_loop", export) if fmt == "jsonl" and not args.no_loop
+                             else ({"total": None}, None))
+            results.append({"n": n, "format": fmt, "pipeline": pipeline, "pipeline_mb": pipeline_mb,
+                            "floor": floor["total"], "loop": loop["total"], "loop_mb": loop_mb})
+            print(f"pipeline {pipeline['total']:.1f} s", flush=True)
+
+    if any(r["format"] != "api" for r in results):
+        print_file_table([r for r in results if r["format"] != "api"])
+    api_runs = [r for r in results if r["format"] == "api"]
+    if api_runs:
+        print("\n| generations served | requests | API fetch s | generations/s | staging s | pipeline total s "
+              "| pipeline CPU s | peak MB |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in api_runs:
+            p = r["pipeline"]
+            print(f"| {r['n']:,} | {p['api_requests']:,} | {p['api_fetch_seconds']:.2f} "
+                  f"| {r['served'] / p['api_fetch_seconds']:,.0f} | {p['langfuse_generations']:.2f} "
+                  f"| {p['total']:.2f} | {p['cpu_seconds']:.1f} | {r['pipeline_mb']:.0f} |")
     for fmt in formats:
         runs = [r for r in results if r["format"] == fmt]
         if len(runs) > 1:

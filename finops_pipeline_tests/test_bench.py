@@ -12,8 +12,12 @@ from finops_pipeline_tests.conftest import materialization_metadata, materialize
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
+from api_day import PUBLIC_KEY, SECRET_KEY, day_rows  # noqa: E402
 from export_day import write_export_day  # noqa: E402
 from per_row_loop import run as per_row_loop  # noqa: E402
+
+from finops_pipeline.resources import LangfuseApiResource  # noqa: E402
+from finops_pipeline_tests.langfuse_double import LangfuseDouble  # noqa: E402
 
 DAY = date(2026, 11, 20)
 
@@ -35,3 +39,20 @@ def test_pipeline_and_per_row_loop_agree_on_the_bench_day(settings, tmp_path):
     assert abs(priced_total - loop_total) < Decimal("0.0001") * 3_000
     delivered = materialization_metadata(result, "finout_upload")["total_cost_usd"]
     assert abs(Decimal(str(delivered)) - priced_total) < Decimal("0.000001")
+
+
+def test_the_api_bench_day_is_staged_whole_and_priced_as_served(settings):
+    rows = day_rows(3_000)
+    generations = [r for r in rows if r["type"] == "GENERATION"]
+    with LangfuseDouble(rows, PUBLIC_KEY, SECRET_KEY) as double:
+        langfuse = LangfuseApiResource(host=double.url, public_key=PUBLIC_KEY, secret_key=SECRET_KEY,
+                                       requests_per_minute=0)
+        result = materialize_day(settings, DAY, selection=["langfuse_generations"], langfuse=langfuse)
+        assert not double.contract_errors
+    assert result.success
+    [(staged, langfuse_cost, unpriced)] = query(settings, """
+        SELECT count(*), sum(cost_usd) FILTER (WHERE cost_source = 'langfuse'),
+               count(*) FILTER (WHERE cost_source = 'unpriced') FROM langfuse_generations""")
+    assert staged == len(generations)  # spans are never fetched
+    assert langfuse_cost == sum(Decimal(str(r["costDetails"]["total"])) for r in generations if r["costDetails"])
+    assert unpriced == 0  # the model Langfuse left unpriced is in the price table

@@ -172,6 +172,17 @@ def test_a_page_the_api_does_not_serve_fails_the_completeness_check_and_stops_de
     assert "allocated_costs" not in materialized and "finout_upload" not in materialized
 
 
+def test_when_langfuse_cannot_give_its_totals_completeness_warns_and_delivery_goes_on(settings, double):
+    double.metrics_enabled = False
+    result = materialize_day(settings, langfuse=langfuse_for(double))
+    check = check_evaluation(result, "extraction_complete")
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.description.startswith("Could not verify") and "/api/public/v2/metrics" in check.description
+    assert check.metadata["extracted_observations"].value == FETCHED_IN_DAY
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert {"allocated_costs", "finout_upload"} <= materialized
+
+
 def test_a_server_that_keeps_failing_fails_the_run_naming_the_window(settings, double):
     double.fail("503", times=1000)
     result = materialize_day(settings, selection=["langfuse_generations"],

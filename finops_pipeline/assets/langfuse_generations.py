@@ -144,6 +144,7 @@ def _extract_from_api(context, conn: duckdb.DuckDBPyConnection, langfuse: Langfu
         try:
             stats = api.fetch_observations(start, end, loader, windows=langfuse.windows,
                                            concurrency=langfuse.concurrency, metadata_keys=settings.allocation_keys)
+            loader.flush()
         except LangfuseApiError as exc:
             raise dg.Failure(str(exc)) from None
         seconds = time.monotonic() - started

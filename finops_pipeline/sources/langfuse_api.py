@@ -16,11 +16,10 @@ The keys live only in the HTTP client's Basic auth: no message, log line or exce
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import tenacity
@@ -168,7 +168,7 @@ class LangfuseApi:
     def __init__(self, host: str, public_key: str, secret_key: str, *, requests_per_minute: float = 1000,
                  timeout_seconds: float = 60, give_up_after_seconds: float = 600, backoff_seconds: float = 1,
                  transport: httpx.BaseTransport | None = None):
-        self.host = host.rstrip("/")
+        self.host = _without_userinfo(host.rstrip("/"))  # it names the server in every message
         self._stop = threading.Event()
         self._limiter = RateLimiter(requests_per_minute, self._stop)
         self._give_up_after = give_up_after_seconds
@@ -188,7 +188,7 @@ class LangfuseApi:
 
     # --- observations ------------------------------------------------------------------------------
     def fetch_observations(self, start: datetime, end: datetime, load_page: LoadPage, *, windows: int = 24,
-                           concurrency: int = 8, metadata_keys: list[str] = ()) -> FetchStats:
+                           concurrency: int = 8, metadata_keys: Sequence[str] = ()) -> FetchStats:
         """Every cost-carrying observation that started in [start, end), page by page into `load_page`.
 
         `windows` cursor chains, `concurrency` of them at once. The first failure that cannot be retried
@@ -214,8 +214,9 @@ class LangfuseApi:
     def _fetch_window(self, window: Window, params: dict, load_page: LoadPage) -> list[Window]:
         """Follow one window's cursor chain to its last page. Returns the halves to fetch instead when
         the server timed out on it (rows already loaded are fetched again; they are deduped by id)."""
-        cursor = None
-        for number in itertools.count(1):
+        cursor, number = None, 0
+        while True:
+            number += 1
             where = f"{OBSERVATIONS_PATH} {window} page {number}"
             query = {**params, "fromStartTime": _iso(window.start), "toStartTime": _iso(window.end)}
             if cursor:
@@ -238,7 +239,6 @@ class LangfuseApi:
                 raise LangfuseApiError(f"Langfuse at {self.host} returned the same cursor twice on {where}: "
                                        "stopping rather than looping.")
             cursor = next_cursor
-        raise AssertionError("unreachable")
 
     # --- the server's own totals --------------------------------------------------------------------
     def totals(self, start: datetime, end: datetime) -> ServerTotals:
@@ -354,6 +354,11 @@ def _json(value: Any) -> str:
 
 def _iso(moment: datetime, timespec: str = "milliseconds") -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _number(value: Any, field: str) -> Decimal:

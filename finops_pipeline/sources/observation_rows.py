@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timezone
@@ -87,7 +88,7 @@ CREATE OR REPLACE MACRO scratch.bad_amount_at(texts, amounts) AS list_position(l
 
 
 def _validate_sql(raw_sql: str, metadata_keys: list[str]) -> str:
-    """The rows of `raw_sql` (columns: line, is_object, RAW_COLUMNS) as rows of scratch.observations."""
+    """The rows of `raw_sql` (columns: file_rank, line, is_object, RAW_COLUMNS) as rows of scratch.observations."""
     paths = "[" + ", ".join(f"'$.\"{key}\"'" for key in metadata_keys) + "]"  # keys are validated identifiers
     return f"""
 WITH raw AS ({raw_sql}),
@@ -123,7 +124,7 @@ checked AS (
         usage_numbers::BIGINT[] AS counts
     FROM typed
 )
-SELECT $rank, line,
+SELECT file_rank, line,
     CASE
         WHEN NOT is_object THEN 'malformed ' || $unit || ': not a JSON object'
         WHEN coalesce(trim(id), '') = '' THEN 'missing id'
@@ -157,9 +158,11 @@ FROM checked
 _RAW_LIST = ", ".join(RAW_COLUMNS)
 
 
-def _from_text(lines_sql: str, decode_nested: bool, names: dict[str, str | None] | None = None) -> str:
-    """Raw columns from `lines_sql` (line, text), where text should be one JSON object whose keys are
-    `names` (raw column -> key; None: not sent), by default the export's."""
+def _from_text(lines_sql: str, decode_nested: bool, names: dict[str, str | None] | None = None,
+               valid_json: bool = False) -> str:
+    """Raw columns from `lines_sql` (file_rank, line, text), where text should be one JSON object whose
+    keys are `names` (raw column -> key; None: not sent), by default the export's. `valid_json`: every
+    text is known to be JSON (an element of a parsed array), so only its type is checked."""
     names = names or {n: n for n in RAW_COLUMNS}
     struct = "'" + json.dumps({names[n]: kind for n, kind in RAW_COLUMNS.items() if names[n]}) + "'"
     fields = {n: f'r."{names[n]}"' if names[n] else f"NULL::{RAW_COLUMNS[n]}" for n in RAW_COLUMNS}
@@ -168,31 +171,33 @@ def _from_text(lines_sql: str, decode_nested: bool, names: dict[str, str | None]
                   f"THEN ({f} ->> '$')::JSON WHEN ({f} ->> '$') <> '' THEN {f} END) ELSE {f} END"
                   if decode_nested else f) for n, f in fields.items() if n in _NESTED}
     columns = ", ".join(f"{nested.get(n, fields[n])} AS {n}" for n in RAW_COLUMNS)
+    is_object = ("json_type(text) = 'OBJECT'" if valid_json
+                 else "CASE WHEN json_valid(text) THEN json_type(text) = 'OBJECT' ELSE false END")
     return f"""
-        SELECT line, is_object, {columns}
-        FROM (SELECT line, is_object, CASE WHEN is_object THEN from_json(text, {struct}) END AS r
-              FROM (SELECT line, CASE WHEN json_valid(text) THEN json_type(text) = 'OBJECT' ELSE false END AS is_object,
+        SELECT file_rank, line, is_object, {columns}
+        FROM (SELECT file_rank, line, is_object, CASE WHEN is_object THEN from_json(text, {struct}) END AS r
+              FROM (SELECT file_rank, line, {is_object} AS is_object,
                            text
                     FROM ({lines_sql}) WHERE text IS NOT NULL AND trim(text) <> ''))
     """
 
 
-_FAST_JSONL = (f"SELECT NULL::BIGINT AS line, true AS is_object, {_RAW_LIST} FROM read_json($file,"
+_FAST_JSONL = (f"SELECT $rank AS file_rank, NULL::BIGINT AS line, true AS is_object, {_RAW_LIST} FROM read_json($file,"
                f" format='newline_delimited', records=true, columns={RAW_COLUMNS!r})")
 
 _LINES = {
     # Each physical line is one value: no delimiter or quote can split it; a blank line is a NULL row.
-    "jsonl": "SELECT row_number() OVER () AS line, text FROM read_csv($file, columns={'text': 'VARCHAR'},"
+    "jsonl": "SELECT $rank AS file_rank, row_number() OVER () AS line, text FROM read_csv($file, columns={'text': 'VARCHAR'},"
     " header=false, delim=chr(1), quote='', escape='', auto_detect=false, max_line_size=16777216, buffer_size=33554432)",
-    "json": "SELECT row_number() OVER () AS line, json::VARCHAR AS text"
+    "json": "SELECT $rank AS file_rank, row_number() OVER () AS line, json::VARCHAR AS text"
     " FROM read_json($file, format='array', records=false)",
     # Langfuse quotes every CSV cell and writes objects and arrays as JSON text; `line` is the record
     # number counting the header as line 1.
-    "csv": "SELECT row_number() OVER () + 1 AS line, to_json(t)::VARCHAR AS text"
+    "csv": "SELECT $rank AS file_rank, row_number() OVER () + 1 AS line, to_json(t)::VARCHAR AS text"
     " FROM read_csv($file, header=true, all_varchar=true, auto_detect=true,"
     " store_rejects=true, rejects_scan='csv_rejects_scan', rejects_table='csv_rejects') t",
     # Only when a Parquet file's columns do not have the types Langfuse writes.
-    "parquet": "SELECT file_row_number + 1 AS line, to_json(t)::VARCHAR AS text"
+    "parquet": "SELECT $rank AS file_rank, file_row_number + 1 AS line, to_json(t)::VARCHAR AS text"
     " FROM read_parquet($file, file_row_number=true) t",
 }
 
@@ -208,7 +213,7 @@ def _parquet_sql(conn: duckdb.DuckDBPyConnection, path: Path) -> str:
             columns.append(f"to_json({name}) AS {name}")
         else:
             columns.append(f"{name}::VARCHAR AS {name}")
-    return (f"SELECT file_row_number + 1 AS line, true AS is_object, {', '.join(columns)}"
+    return (f"SELECT $rank AS file_rank, file_row_number + 1 AS line, true AS is_object, {', '.join(columns)}"
             " FROM read_parquet($file, file_row_number=true)")
 
 
@@ -255,25 +260,39 @@ def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], 
     return rejected
 
 
-_PAGE_ROWS = ("SELECT generate_subscripts(rows, 1) AS line, unnest(rows)::VARCHAR AS text"
-              " FROM (SELECT json_extract($body, '$.data[*]') AS rows)")
+# Pages, each a response body, as (file_rank, line, text): one row per element of its `data` array.
+_PAGE_ROWS = ("SELECT file_rank, generate_subscripts(rows, 1) AS line, unnest(rows)::VARCHAR AS text FROM"
+              " (SELECT unnest($ranks) AS file_rank, json_extract(unnest($bodies), '$.data[*]') AS rows)")
 
 
 class ApiPageLoader:
     """Loads pages of GET /api/public/v2/observations into `scratch.observations`: a `LoadPage` for
-    `LangfuseApi.fetch_observations`, called from its worker threads, each on its own cursor.
+    `LangfuseApi.fetch_observations`, called from its worker threads.
 
+    Each page is checked (is it JSON with a `data` array?) and its cursor read when it arrives; its rows
+    are inserted `batch` pages at a time, in one statement (a statement costs as much as a page's rows,
+    whatever its size), so memory holds at most a batch of bodies. Call `flush()` after the last page.
     A row's line number is its position in the page; its source is the request (window and page).
-    Rows the server sent for another window are ignored: the other window's chain fetches them.
+    Rows the server sent for another window are ignored: that window's own chain fetches them.
     """
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, metadata_keys: list[str]):
+    def __init__(self, conn: duckdb.DuckDBPyConnection, metadata_keys: list[str], batch: int = 8):
         start_scratch(conn)
+        conn.execute("CREATE OR REPLACE TABLE scratch.windows (file_rank INTEGER, lo TIMESTAMP, hi TIMESTAMP)")
         self._conn = conn
+        self._batch = batch
+        self._pending: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+        # As many batches at once as DuckDB has threads: more only add memory (a batch parsing in
+        # DuckDB holds several times its bodies), and under the memory limit that fails the day.
+        threads = int(conn.execute("SELECT current_setting('threads')").fetchone()[0])
+        self._loading = threading.BoundedSemaphore(max(1, threads))
         self._ranks = itertools.count()  # fetch order: a row fetched again wins, like a later export
-        self._insert = (f"INSERT INTO scratch.observations SELECT * FROM "
-                        f"({_validate_sql(_from_text(_PAGE_ROWS, False, API_NAMES), metadata_keys)})"
-                        " WHERE start_time IS NULL OR (start_time >= $lo AND start_time < $hi)")
+        self._insert = (
+            "INSERT INTO scratch.observations SELECT v.* FROM "
+            f"({_validate_sql(_from_text(_PAGE_ROWS, False, API_NAMES, valid_json=True), metadata_keys)}) v "
+            "JOIN scratch.windows w USING (file_rank) "
+            "WHERE v.start_time IS NULL OR (v.start_time >= w.lo AND v.start_time < w.hi)")
 
     def __call__(self, where: str, window: Window, body: str) -> str | None:
         with self._conn.cursor() as cursor:
@@ -285,10 +304,27 @@ class ApiPageLoader:
             if data != "ARRAY":
                 raise MalformedPage(f"no `data` array ({data or 'missing'})")
             rank = next(self._ranks)
-            cursor.execute(self._insert, {"rank": rank, "body": body, "unit": "row", "lo": _naive(window.start),
-                                          "hi": _naive(window.end)})
             cursor.execute("INSERT INTO scratch.sources VALUES (?, ?, ?)", [rank, where, window.start.date()])
+            cursor.execute("INSERT INTO scratch.windows VALUES (?, ?, ?)", [rank, _naive(window.start), _naive(window.end)])
+        with self._lock:
+            self._pending.append((rank, body))
+            batch = self._pending if len(self._pending) >= self._batch else None
+            if batch:
+                self._pending = []
+        if batch:
+            self._load(batch)
         return next_cursor
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if batch:
+            self._load(batch)
+
+    def _load(self, pages: list[tuple[int, str]]) -> None:
+        with self._loading, self._conn.cursor() as cursor:
+            cursor.execute(self._insert, {"ranks": [rank for rank, _ in pages], "bodies": [body for _, body in pages],
+                                          "unit": "row"})
 
 
 def _naive(moment) -> object:
