@@ -171,14 +171,16 @@ def _from_text(lines_sql: str, decode_nested: bool, names: dict[str, str | None]
                   f"THEN ({f} ->> '$')::JSON WHEN ({f} ->> '$') <> '' THEN {f} END) ELSE {f} END"
                   if decode_nested else f) for n, f in fields.items() if n in _NESTED}
     columns = ", ".join(f"{nested.get(n, fields[n])} AS {n}" for n in RAW_COLUMNS)
-    is_object = ("json_type(text) = 'OBJECT'" if valid_json
-                 else "CASE WHEN json_valid(text) THEN json_type(text) = 'OBJECT' ELSE false END")
+    if valid_json:  # JSON by construction, never blank; from_json makes a non-object all NULLs
+        is_object, parsed, lines = "json_type(text) = 'OBJECT'", f"from_json(text, {struct})", lines_sql
+    else:  # skip blank lines (trim only where the first character is blank: it copies the line)
+        is_object = "CASE WHEN json_valid(text) THEN json_type(text) = 'OBJECT' ELSE false END"
+        parsed = f"CASE WHEN is_object THEN from_json(text, {struct}) END"
+        lines = f"SELECT * FROM ({lines_sql}) WHERE text IS NOT NULL AND (ascii(text) > 32 OR trim(text) <> '')"
     return f"""
         SELECT file_rank, line, is_object, {columns}
-        FROM (SELECT file_rank, line, is_object, CASE WHEN is_object THEN from_json(text, {struct}) END AS r
-              FROM (SELECT file_rank, line, {is_object} AS is_object,
-                           text
-                    FROM ({lines_sql}) WHERE text IS NOT NULL AND trim(text) <> ''))
+        FROM (SELECT file_rank, line, is_object, {parsed} AS r
+              FROM (SELECT file_rank, line, {is_object} AS is_object, text FROM ({lines})))
     """
 
 
