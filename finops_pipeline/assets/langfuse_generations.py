@@ -80,7 +80,7 @@ def langfuse_generations(
         quarantined = conn.execute("SELECT count(*) FROM day_quarantine").fetchone()[0]
         quarantine_sample = conn.execute(
             "SELECT file, line, reason FROM day_quarantine ORDER BY file, line LIMIT 10").df()
-        extracted = _extracted(conn, day) if extraction.server_totals or extraction.server_error else None
+        extracted = _extracted(conn, day) if langfuse.configured else None
 
     for r in extraction.rejected:
         context.log.warning(f"Quarantined {r.file}{f' line {r.line}' if r.line else ''}: {r.reason}")
