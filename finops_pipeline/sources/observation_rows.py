@@ -100,12 +100,10 @@ parsed AS (
         nullif(total_cost ->> '$', '') AS total_text
     FROM raw
 ),
-entries AS (  -- keys and values of the usage and cost objects, in document order
+entries AS (  -- keys and values of the usage and cost objects, in document order ([] if not objects)
     SELECT *,
-        CASE WHEN usage_type = 'OBJECT' THEN json_keys(usage_details) END AS usage_keys,
-        CASE WHEN usage_type = 'OBJECT' THEN json_extract_string(usage_details, '$.*') END AS usage_text,
-        CASE WHEN cost_type = 'OBJECT' THEN json_keys(cost_details) END AS cost_keys,
-        CASE WHEN cost_type = 'OBJECT' THEN json_extract_string(cost_details, '$.*') END AS cost_text
+        json_keys(usage_details) AS usage_keys, json_extract_string(usage_details, '$.*') AS usage_text,
+        json_keys(cost_details) AS cost_keys, json_extract_string(cost_details, '$.*') AS cost_text
     FROM parsed
 ),
 typed AS (
@@ -142,7 +140,7 @@ SELECT file_rank, line,
     END AS reason,
     id, trace_id, project_id, type, name, ts AS start_time, nullif(trim(coalesce(provided_model_name, model)), ''),
     environment, user_id, session_id, prompt_name, TRY_CAST(prompt_version AS INTEGER),
-    CASE WHEN tags = '[]' THEN []::VARCHAR[] WHEN json_type(tags) = 'ARRAY' THEN TRY_CAST(tags AS VARCHAR[]) END,
+    TRY_CAST(tags AS VARCHAR[]),  -- NULL where tags is not an array
     json_extract_string(metadata, {paths}),  -- NULLs where metadata is not an object
     coalesce(scratch.sum_of(counts, usage_kinds, 'input'), 0),
     coalesce(scratch.sum_of(counts, usage_kinds, 'output'), 0),
