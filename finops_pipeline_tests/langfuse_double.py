@@ -70,6 +70,7 @@ class LangfuseDouble:
         self.hidden_ids: set[str] = set()
         self.metrics_enabled = True  # False: the 404 of a server without the v2 metrics API
         self.requests: list[tuple[str, dict]] = []
+        self.arrivals: list[tuple[float, str, int]] = []  # (time.monotonic(), path, status answered)
         self.contract_errors: list[str] = []
         self._faults: list[dict] = []
         self._lock = threading.Lock()
@@ -261,6 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        arrived = time.monotonic()
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         double = self.double
@@ -276,6 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             return self._send(404, {"Content-Type": "text/html"}, b"<!DOCTYPE html><h1>404</h1>"
                                                                   b"<h2>This page could not be found.</h2>")
+        with double._lock:
+            double.arrivals.append((arrived, url.path, status))
         if status == -1:
             self.close_connection = True  # dropped: no response at all
             return

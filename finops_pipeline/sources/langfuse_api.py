@@ -121,19 +121,24 @@ class RateLimiter:
     def __init__(self, per_minute: float, stop: threading.Event):
         self._interval = 60.0 / per_minute if per_minute > 0 else 0.0
         self._next = time.monotonic()
+        self._hold_until = 0.0
         self._lock = threading.Lock()
         self._stop = stop
 
     def acquire(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            at = max(now, self._next)
-            self._next = at + self._interval
-        _sleep(at - now, self._stop)
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                at = max(now, self._next, self._hold_until)
+                self._next = at + self._interval
+            _sleep(at - now, self._stop)
+            with self._lock:  # a hold that came while this slot was waiting: queue again behind it
+                if time.monotonic() >= self._hold_until:
+                    return
 
     def hold(self, seconds: float) -> None:
         with self._lock:
-            self._next = max(self._next, time.monotonic() + seconds)
+            self._hold_until = max(self._hold_until, time.monotonic() + seconds)
 
 
 class _Retryable(Exception):
