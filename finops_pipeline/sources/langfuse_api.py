@@ -70,8 +70,7 @@ class Window:
         return f"{_iso(self.start)}..{_iso(self.end)}"
 
     def halves(self) -> list[Window]:
-        middle = self.start + (self.end - self.start) / 2
-        return [Window(self.start, middle), Window(middle, self.end)]
+        return Window.split(self.start, self.end, 2)
 
     @classmethod
     def split(cls, start: datetime, end: datetime, parts: int) -> list[Window]:
@@ -96,19 +95,17 @@ class FetchStats:
     rate_limited: int = 0
     windows_split: int = 0
     retry_reasons: Counter = field(default_factory=Counter)  # "HTTP 503", "ReadTimeout", ...
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
-        with _stats_lock:
+        with self._lock:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
 
     def retried(self, reason: str) -> None:
-        with _stats_lock:
+        with self._lock:
             self.retries += 1
             self.retry_reasons[reason.split(":")[0]] += 1  # the kind: "HTTP 503", "ReadTimeout", ...
-
-
-_stats_lock = threading.Lock()
 
 
 class RateLimiter:
@@ -199,7 +196,7 @@ class LangfuseApi:
         `windows` cursor chains, `concurrency` of them at once. The first failure that cannot be retried
         stops the others and is raised as a LangfuseApiError.
         """
-        params = {"limit": PAGE_SIZE, "fields": FIELD_GROUPS, "filter": _type_filter()}
+        params = {"limit": PAGE_SIZE, "fields": FIELD_GROUPS, "filter": _json([_TYPE_FILTER])}
         if metadata_keys:
             params["expandMetadata"] = ",".join(metadata_keys)  # so their values are not cut at 200 characters
         self._stop.clear()
@@ -347,10 +344,6 @@ class LangfuseApi:
 
 # Only the types that carry cost: spans and events are most of a trace and none of its cost.
 _TYPE_FILTER = {"type": "stringOptions", "column": "type", "operator": "any of", "value": list(COST_TYPES)}
-
-
-def _type_filter() -> str:
-    return _json([_TYPE_FILTER])
 
 
 def _json(value: Any) -> str:

@@ -233,12 +233,13 @@ class Rejected:
 
 def start_scratch(conn: duckdb.DuckDBPyConnection, compress: bool = False) -> None:
     """Empty `scratch.observations` and `scratch.sources` (file_rank, file, file_day: the day where rows
-    with no readable time of their own are filed). `compress`: for many small inserts (API pages), which
+    with no readable time of their own are filed; lo, hi: an API page's window, the times its rows may have). `compress`: for many small inserts (API pages), which
     spill badly; big file inserts are faster uncompressed."""
     conn.execute(f"ATTACH IF NOT EXISTS ':memory:' AS scratch{' (COMPRESS)' if compress else ''}")
     conn.execute(_MACROS)
     conn.execute(OBSERVATIONS_DDL)
-    conn.execute("CREATE OR REPLACE TABLE scratch.sources (file_rank INTEGER, file VARCHAR, file_day DATE)")
+    conn.execute("CREATE OR REPLACE TABLE scratch.sources "
+                 "(file_rank INTEGER, file VARCHAR, file_day DATE, lo TIMESTAMP, hi TIMESTAMP)")
 
 
 def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], metadata_keys: list[str]) -> list[Rejected]:
@@ -248,7 +249,8 @@ def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], 
     win on duplicate ids. A file's rows with no readable time are filed under the day its window starts.
     """
     start_scratch(conn)
-    conn.execute("INSERT INTO scratch.sources SELECT unnest($ranks), unnest($files), unnest($days)", {
+    conn.execute("INSERT INTO scratch.sources BY NAME SELECT unnest($ranks) AS file_rank, unnest($files) AS file, "
+                 "unnest($days) AS file_day", {
         "ranks": list(range(len(files))), "files": [str(f.path) for f in files],
         "days": [(f.window_start or f.window_end).date() for f in files]})
     rejected = _each_file(conn, range(len(files)), lambda cursor, rank: _read_file(cursor, rank, files[rank], metadata_keys))
@@ -280,7 +282,6 @@ class ApiPageLoader:
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, metadata_keys: list[str], batch: int = 8):
         start_scratch(conn, compress=True)
-        conn.execute("CREATE OR REPLACE TABLE scratch.windows (file_rank INTEGER, lo TIMESTAMP, hi TIMESTAMP)")
         self._conn = conn
         self._batch = batch
         self._pending: list[tuple[int, str, Window, str]] = []  # rank, where, window, body
@@ -293,7 +294,7 @@ class ApiPageLoader:
         self._insert = (
             "INSERT INTO scratch.observations SELECT v.* FROM "
             f"({_validate_sql(_from_text(_PAGE_ROWS, False, API_NAMES, valid_json=True), metadata_keys)}) v "
-            "JOIN scratch.windows w USING (file_rank) "
+            "JOIN scratch.sources w USING (file_rank) "
             "WHERE v.start_time IS NULL OR (v.start_time >= w.lo AND v.start_time < w.hi)")
 
     def __call__(self, where: str, window: Window, body: str) -> str | None:
@@ -323,11 +324,10 @@ class ApiPageLoader:
     def _load(self, pages: list[tuple[int, str, Window, str]]) -> None:
         ranks, wheres, windows, bodies = (list(column) for column in zip(*pages))
         with self._loading, self._conn.cursor() as cursor:
-            cursor.execute("INSERT INTO scratch.sources SELECT unnest($ranks), unnest($wheres), unnest($days)",
-                           {"ranks": ranks, "wheres": wheres, "days": [w.start.date() for w in windows]})
-            cursor.execute("INSERT INTO scratch.windows SELECT unnest($ranks), unnest($los), unnest($his)",
-                           {"ranks": ranks, "los": [_naive(w.start) for w in windows],
-                            "his": [_naive(w.end) for w in windows]})
+            cursor.execute("INSERT INTO scratch.sources SELECT unnest($ranks), unnest($wheres), unnest($days),"
+                           " unnest($los), unnest($his)",
+                           {"ranks": ranks, "wheres": wheres, "days": [w.start.date() for w in windows],
+                            "los": [_naive(w.start) for w in windows], "his": [_naive(w.end) for w in windows]})
             cursor.execute(self._insert, {"ranks": ranks, "bodies": bodies, "unit": "row"})
 
 
