@@ -25,15 +25,14 @@ from __future__ import annotations
 import base64
 import bisect
 import json
-import threading
 import time
 import zlib
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 from langfuse.api import MetricsV2Response, ObservationsV2Response
 from langfuse.api.core.pydantic_utilities import parse_obj_as
+
+from finops_pipeline_tests.http_double import DROP, HttpDouble, json_body as _json
 
 FIELD_GROUPS = {
     "core": ["id", "traceId", "startTime", "endTime", "projectId", "parentObservationId", "type"],
@@ -61,7 +60,7 @@ def _sort_key(row: dict) -> tuple:
     return (_ts(row["startTime"]), zlib.crc32(str(row.get("traceId") or "").encode()), row["id"])
 
 
-class LangfuseDouble:
+class LangfuseDouble(HttpDouble):
     def __init__(self, rows: list[dict], public_key: str = "pk-lf-double", secret_key: str = "sk-lf-double",
                  v2: bool = True, validate_every: int = 1, max_rows_per_query: int | None = None):
         self.public_key, self.secret_key, self.v2 = public_key, secret_key, v2
@@ -69,44 +68,23 @@ class LangfuseDouble:
         self.max_rows_per_query = max_rows_per_query
         self.hidden_ids: set[str] = set()
         self.metrics_enabled = True  # False: the 404 of a server without the v2 metrics API
-        self.requests: list[tuple[str, dict]] = []
-        self.arrivals: list[tuple[float, str, int]] = []  # (time.monotonic(), path, status answered)
-        self.contract_errors: list[str] = []
-        self._faults: list[dict] = []
-        self._lock = threading.Lock()
+        super().__init__()
         self._served = 0
         rows = sorted(rows, key=_sort_key)
         self._rows = rows
         self._keys = [_sort_key(r) for r in rows]
         self._rendered: dict[tuple, list[str]] = {}
-        self._server: ThreadingHTTPServer | None = None
 
-    # --- control ---------------------------------------------------------------------------------
-    def fail(self, kind: str, times: int = 1, **options) -> None:
-        """The next `times` observation requests fail with `kind` (see module doc)."""
-        with self._lock:
-            self._faults.extend({"kind": kind, **options} for _ in range(times))
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> LangfuseDouble:
-        double = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.double = double
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def respond(self, path: str, query: dict[str, list[str]], headers) -> tuple[int, dict, bytes]:
+        expected = "Basic " + base64.b64encode(f"{self.public_key}:{self.secret_key}".encode()).decode()
+        if headers.get("Authorization") != expected:
+            return 401, {}, _json(BAD_KEYS)
+        query = {k: v[-1] for k, v in query.items()}
+        if path == "/api/public/v2/observations" and self.v2:
+            return self.observations(query)
+        if path == "/api/public/v2/metrics" and self.v2 and self.metrics_enabled:
+            return self.metrics(query)
+        return 404, {"Content-Type": "text/html"}, b"<!DOCTYPE html><h1>404</h1><h2>This page could not be found.</h2>"
 
     # --- the endpoints ---------------------------------------------------------------------------
     def observations(self, query: dict) -> tuple[int, dict, bytes]:
@@ -216,10 +194,6 @@ class LangfuseDouble:
                                for k, v in out["metadata"].items()}
         return out
 
-    def _next_fault(self) -> dict | None:
-        with self._lock:
-            return self._faults.pop(0) if self._faults else None
-
     def _fault(self, fault: dict) -> tuple[int, dict, bytes] | None:
         kind = fault["kind"]
         if kind == "429":
@@ -236,7 +210,7 @@ class LangfuseDouble:
             time.sleep(fault.get("delay", 2))
             return None
         if kind == "drop":
-            return -1, {}, b""
+            return DROP, {}, b""
         return None  # truncated, repeat, stray: shape the page itself
 
     def _check(self, model, body: bytes) -> None:
@@ -244,58 +218,7 @@ class LangfuseDouble:
             self._served += 1
             if (self._served - 1) % self.validate_every:
                 return
-        try:
-            parse_obj_as(model, json.loads(body))
-        except Exception as exc:  # any failure to parse is a contract break: report it, whatever it is
-            self.contract_errors.append(f"{model.__name__}: {str(exc)[:500]}")
-
-
-def _json(value) -> bytes:
-    return json.dumps(value).encode()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    double: LangfuseDouble
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-    def do_GET(self) -> None:
-        arrived = time.monotonic()
-        url = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        double = self.double
-        with double._lock:
-            double.requests.append((url.path, query))
-        expected = "Basic " + base64.b64encode(f"{double.public_key}:{double.secret_key}".encode()).decode()
-        if self.headers.get("Authorization") != expected:
-            return self._send(401, {}, _json(BAD_KEYS))
-        if url.path == "/api/public/v2/observations" and double.v2:
-            status, headers, body = double.observations(query)
-        elif url.path == "/api/public/v2/metrics" and double.v2 and double.metrics_enabled:
-            status, headers, body = double.metrics(query)
-        else:
-            return self._send(404, {"Content-Type": "text/html"}, b"<!DOCTYPE html><h1>404</h1>"
-                                                                  b"<h2>This page could not be found.</h2>")
-        with double._lock:
-            double.arrivals.append((arrived, url.path, status))
-        if status == -1:
-            self.close_connection = True  # dropped: no response at all
-            return
-        self._send(status, headers, body)
-
-    def _send(self, status: int, headers: dict, body: bytes) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (a `slow` fault past its timeout)
+        self._contract(model.__name__, lambda: parse_obj_as(model, json.loads(body)))
 
 
 def api_row(obs_id: str, start_time: str, model: str | None = "gpt-4o-2024-08-06", cost: float | None = 0.01,

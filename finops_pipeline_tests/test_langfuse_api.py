@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from finops_pipeline.resources import LangfuseApiResource
-from finops_pipeline.sources.langfuse_api import _seconds_until
+from finops_pipeline.sources.http import seconds_until
 
 from .conftest import (
     DAY, check_evaluation, cover_day, materialization_metadata, materialize_day, query, replace_settings,
@@ -262,7 +262,7 @@ def test_host_and_keys_come_from_the_environment_as_the_sdk_reads_them():
 ])
 def test_rate_limit_headers_are_read_in_the_formats_servers_send(header_format, seconds):
     value = (datetime.now(timezone.utc) + timedelta(seconds=30)).strftime(header_format)
-    parsed = _seconds_until(value)
+    parsed = seconds_until(value)
     assert parsed is None if seconds is None else parsed == pytest.approx(seconds, abs=2)
 
 

@@ -25,13 +25,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import tenacity
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from finops_pipeline.sources.http import error_message, retry_after, seconds_until, without_userinfo
 
 DEFAULT_HOST = "https://cloud.langfuse.com"
 OBSERVATIONS_PATH = "/api/public/v2/observations"
@@ -170,11 +170,11 @@ class LangfuseApi:
     def __init__(self, host: str, public_key: str, secret_key: str, *, requests_per_minute: float = 1000,
                  timeout_seconds: float = 60, give_up_after_seconds: float = 600, backoff_seconds: float = 1,
                  transport: httpx.BaseTransport | None = None):
-        self.host = _without_userinfo(host.rstrip("/"))  # it names the server in every message
+        self.host = without_userinfo(host.rstrip("/"))  # it names the server in every message
         self._stop = threading.Event()
         self._limiter = RateLimiter(requests_per_minute, self._stop)
         self._give_up_after = give_up_after_seconds
-        self._backoff = tenacity.wait_exponential_jitter(initial=backoff_seconds, max=60, jitter=backoff_seconds)
+        self._backoff = tenacity.wait_exponential_jitter(multiplier=backoff_seconds, max=60, jitter=backoff_seconds)
         self._http = httpx.Client(
             base_url=self.host, auth=httpx.BasicAuth(public_key, secret_key), transport=transport,
             timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 10)),
@@ -310,9 +310,9 @@ class LangfuseApi:
         if status == 200:
             self._respect_rate_headers(response)
             return response.text
-        message = _error_message(response)
+        message = error_message(response)
         if status == 429:
-            wait_for = _retry_after(response)
+            wait_for = retry_after(response)
             self._limiter.hold(wait_for)
             self.stats.add(rate_limited=1)
             raise _Retryable(f"HTTP 429 rate limited: {message}; Retry-After {wait_for:g} s", wait_for)
@@ -337,7 +337,7 @@ class LangfuseApi:
             spent = int(response.headers.get("X-RateLimit-Remaining", "1")) <= 0
         except ValueError:
             return
-        reset = _seconds_until(response.headers.get("X-RateLimit-Reset")) if spent else None
+        reset = seconds_until(response.headers.get("X-RateLimit-Reset")) if spent else None
         if reset:
             self._limiter.hold(min(reset, 60.0))
 
@@ -354,11 +354,6 @@ def _iso(moment: datetime, timespec: str = "milliseconds") -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
-def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
 def _number(value: Any, field: str) -> Decimal:
     if value is None:
         return Decimal(0)  # a sum over no rows
@@ -366,57 +361,3 @@ def _number(value: Any, field: str) -> Decimal:
         return Decimal(str(value))
     except InvalidOperation:
         raise ValueError(f"{field} is not a number: {str(value)[:40]}") from None
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The server's own words, short: `message` (and `error`) of a JSON body, else the start of the text."""
-    try:
-        body = response.json()
-        if isinstance(body, dict):
-            parts = [str(body[k]) for k in ("message", "error") if body.get(k)]
-            if parts:
-                return ": ".join(parts)[:300]
-    except ValueError:
-        pass
-    return (response.text.strip() or response.reason_phrase)[:300]
-
-
-def _retry_after(response: httpx.Response) -> float:
-    """How long a 429 says to wait: `Retry-After`, else the body's `details.retryAfterSeconds`, else
-    `X-RateLimit-Reset`, else a minute (Langfuse's window)."""
-    seconds = _seconds_until(response.headers.get("Retry-After"))
-    if seconds is None:
-        try:
-            seconds = float(response.json()["details"]["retryAfterSeconds"])
-        except (ValueError, KeyError, TypeError):
-            seconds = _seconds_until(response.headers.get("X-RateLimit-Reset"))
-    return 60.0 if seconds is None else min(seconds, 3600.0)
-
-
-def _seconds_until(value: str | None) -> float | None:
-    """Seconds, an epoch timestamp (seconds or ms), an HTTP or ISO date, or a JavaScript `Date.toString()`
-    (what Langfuse sends as `X-RateLimit-Reset`), as seconds from now."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        number = float(value)
-    except ValueError:
-        js_date = value.split(" (")[0]  # "Sat Aug 22 2026 08:21:47 GMT+0000 (Coordinated Universal Time)"
-        for parse in (parsedate_to_datetime, datetime.fromisoformat,
-                      lambda v: datetime.strptime(js_date, "%a %b %d %Y %H:%M:%S GMT%z")):
-            try:
-                moment = parse(value)
-                if moment.tzinfo is None:
-                    moment = moment.replace(tzinfo=timezone.utc)
-                return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
-            except (TypeError, ValueError, IndexError):
-                continue
-        return None
-    now = time.time()
-    if number > 1e12:  # epoch milliseconds
-        return max(0.0, number / 1000 - now)
-    if number > 1e9:  # epoch seconds
-        return max(0.0, number - now)
-    return max(0.0, number)
-
