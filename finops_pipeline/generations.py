@@ -43,15 +43,15 @@ def _allocation_sql(keys: list[str]) -> str:
     return "{" + ", ".join(parts) + "}::MAP(VARCHAR, VARCHAR)"
 
 
-def _model_prices(conn: duckdb.DuckDBPyConnection, day: date) -> None:
-    models = [row[0] for row in conn.execute(
-        "SELECT DISTINCT model FROM scratch.observations WHERE reason IS NULL AND model IS NOT NULL").fetchall()]
+def register_model_prices(conn: duckdb.DuckDBPyConnection, models: list[str], day: date,
+                          provider_map: dict[str, str]) -> None:
+    """The temp table `model_prices`: provider and per-token rates on `day` of each of `models`."""
     rows = []
     for model in models:
         price = pricing.price_of(model, day)
         rows.append({
             "model": model,
-            "provider": pricing.provider_of(model),
+            "provider": pricing.provider_of(model, provider_map),
             "input_rate": price and price.input,
             "cached_rate": price and price.cached,
             "cache_write_rate": price and price.cache_write,
@@ -67,9 +67,11 @@ def _model_prices(conn: duckdb.DuckDBPyConnection, day: date) -> None:
     conn.unregister("model_prices_frame")
 
 
-def prepare_day(conn: duckdb.DuckDBPyConnection, day: date) -> None:
+def prepare_day(conn: duckdb.DuckDBPyConnection, day: date, provider_map: dict[str, str]) -> None:
     """Price table rows for the models seen, and the temp table `day_quarantine`, for `day`."""
-    _model_prices(conn, day)
+    models = [row[0] for row in conn.execute(
+        "SELECT DISTINCT model FROM scratch.observations WHERE reason IS NULL AND model IS NOT NULL").fetchall()]
+    register_model_prices(conn, models, day, provider_map)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE day_quarantine AS
         SELECT 'langfuse_generations' AS source, $day AS day, f.file, o.line, nullif(trim(o.id), '') AS observation_id,

@@ -7,7 +7,9 @@ Tiered prices (e.g. above 200k context tokens) are not modelled: rates are those
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -34,10 +36,16 @@ class ModelPrice:
     output: Decimal
 
 
-def provider_of(model: str | None) -> str:
+def provider_of(model: str | None, provider_map: Mapping[str, str] | None = None) -> str:
+    """Who bills for `model`: the first matching glob of `provider_map` (settings), else the name patterns,
+    else the price table's provider, else "unknown". A Claude model served by Bedrock is billed by AWS,
+    not Anthropic: that is what the map is for (`anthropic.claude-*` -> `bedrock`)."""
     if not model:
         return "unknown"
     name = model.strip().lower()
+    for glob, provider in (provider_map or {}).items():
+        if fnmatch.fnmatchcase(name, glob.strip().lower()):
+            return provider
     for pattern, provider in _PROVIDER_PATTERNS:
         if pattern.match(name):
             return provider

@@ -1,5 +1,5 @@
-"""The Langfuse API as a Dagster resource: host, keys (through `EnvVar`, never in config or logs) and the
-client's limits. Without keys the pipeline reads the blob export instead."""
+"""The outside APIs as Dagster resources: where they are, their keys (through `EnvVar`, never in config
+or logs) and the clients' limits. Without keys the pipeline reads files instead (the blob export, saved bills)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import dagster as dg
 from pydantic import Field
 
+from finops_pipeline.sources.billing_api import SPECS, CostApi
 from finops_pipeline.sources.langfuse_api import DEFAULT_HOST, LangfuseApi
 
 
@@ -49,4 +50,35 @@ class LangfuseApiResource(dg.ConfigurableResource):
                            ("concurrency", "FINOPS_LANGFUSE_CONCURRENCY")):
             if env.get(var):
                 values[field] = env[var]
+        return cls(**values)
+
+
+class CostApiResource(dg.ConfigurableResource):
+    """A provider's cost API and its admin key. Without a key, the bill is read from saved files."""
+
+    provider: str = Field(description="openai or anthropic.")
+    base_url: str = Field(description="The API's base URL, as the provider's SDK takes it (OPENAI_BASE_URL, ANTHROPIC_BASE_URL).")
+    admin_key: str | None = Field(default=None, description="Admin key, from an environment variable; unset: read billing files.")
+    timeout_seconds: float = Field(default=60, gt=0, description="Per-request timeout.")
+    give_up_after_seconds: float = Field(
+        default=300, gt=0, description="How long one request is retried (5xx, 429, timeouts) before the run fails.")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.admin_key)
+
+    def client(self) -> CostApi:
+        return CostApi(SPECS[self.provider], self.base_url, self.admin_key, timeout_seconds=self.timeout_seconds,
+                       give_up_after_seconds=self.give_up_after_seconds)
+
+    @classmethod
+    def from_env(cls, provider: str, environ: dict[str, str] | None = None) -> CostApiResource:
+        """The key from OPENAI_ADMIN_KEY / ANTHROPIC_ADMIN_KEY as an `EnvVar`; the base URL from
+        OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the provider's."""
+        env = os.environ if environ is None else environ
+        spec = SPECS[provider]
+        values: dict[str, object] = {"provider": provider,
+                                     "base_url": env.get(spec.base_url_env) or spec.default_base_url}
+        if env.get(spec.key_env):
+            values["admin_key"] = dg.EnvVar(spec.key_env)
         return cls(**values)

@@ -30,11 +30,14 @@ ENV_VARS = {
     "unpriced_warn_count": "FINOPS_UNPRICED_WARN_COUNT",
     "completeness_tolerance_pct": "FINOPS_COMPLETENESS_TOLERANCE_PCT",
     "duckdb_memory_limit": "FINOPS_DUCKDB_MEMORY_LIMIT",
+    "provider_map": "FINOPS_PROVIDER_MAP",
+    "settling_days": "FINOPS_SETTLING_DAYS",
 }
 
 # Columns of the Finout file that are not allocation keys.
 RESERVED_COLUMNS = {"usagedate", "cost", "source", "service_name", "provider", "model"}
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_PROVIDER = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 
 
 class FinopsSettings(dg.ConfigurableResource):
@@ -42,7 +45,7 @@ class FinopsSettings(dg.ConfigurableResource):
 
     home: str = Field(description="Project data directory: DuckDB file, Dagster instance, inputs, outputs.")
     langfuse_export_dir: str = Field(description="Langfuse blob-export folder ({projectId}/observations_v2/...).")
-    billing_dir: str = Field(description="Provider billing files: openai/*.json, anthropic/*.json.")
+    billing_dir: str = Field(description="Provider bills: openai/DAY/*.json, anthropic/DAY/*.json, other/*.csv.")
     finout_dir: str = Field(description="Where the daily Finout custom-cost CSVs are delivered.")
     allocation_keys: list[str] = Field(
         default=DEFAULT_ALLOCATION_KEYS,
@@ -50,6 +53,16 @@ class FinopsSettings(dg.ConfigurableResource):
     )
     billed_providers: list[str] = Field(
         default=list(PROVIDERS), description="Providers whose bills are read and reconciled."
+    )
+    provider_map: dict[str, str] = Field(
+        default={},
+        description="Model name pattern (glob, case-insensitive) -> provider, tried in order before the built-in "
+                    "mapping; e.g. {'azure/*': 'azure_openai', 'llama-*': 'self_hosted'}.",
+    )
+    settling_days: int = Field(
+        default=2, ge=0, le=60,
+        description="Days after a day ends during which providers may still revise its bill: until then the day "
+                    "is provisional and its reconciliation warns at most.",
     )
     reconciliation_error_pct: float = Field(default=5.0, gt=0, description="|gap| % of the bill that fails (ERROR).")
     reconciliation_warn_pct: float = Field(default=2.0, ge=0, description="|gap| % of the bill that warns.")
@@ -90,6 +103,14 @@ class FinopsSettings(dg.ConfigurableResource):
             raise ValueError(f"billed providers must be among {list(PROVIDERS)}, got {unknown}")
         return providers
 
+    @field_validator("provider_map")
+    @classmethod
+    def _provider_names(cls, mapping: dict[str, str]) -> dict[str, str]:
+        bad = {p: v for p, v in mapping.items() if not p.strip() or not _PROVIDER.match(v)}
+        if bad:
+            raise ValueError(f"provider map entries must be `pattern=provider` with a lower-case provider name, got {bad}")
+        return mapping
+
     @property
     def duckdb_path(self) -> Path:
         return Path(self.home) / "finops.duckdb"
@@ -110,6 +131,12 @@ class FinopsSettings(dg.ConfigurableResource):
                 continue
             if field in ("allocation_keys", "billed_providers"):
                 values[field] = [part.strip() for part in raw.split(",") if part.strip()]
+            elif field == "provider_map":  # "pattern=provider,pattern=provider"
+                pairs = [part.partition("=") for part in raw.split(",") if part.strip()]
+                bad = [p for p, eq, v in pairs if not eq]
+                if bad:
+                    raise ValueError(f"{var}: expected `pattern=provider` pairs separated by commas, got {bad}")
+                values[field] = {p.strip(): v.strip() for p, _, v in pairs}
             else:
                 values[field] = raw
         return cls(**values)

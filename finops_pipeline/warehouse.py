@@ -72,19 +72,26 @@ CREATE TABLE IF NOT EXISTS provider_costs (
     day         DATE NOT NULL,
     provider    VARCHAR NOT NULL,
     model       VARCHAR,                     -- as the bill names it; NULL when the bill does not say
-    token_type  VARCHAR,
+    token_type  VARCHAR,                     -- as the bill names it
+    token_kind  VARCHAR NOT NULL,            -- input | cached | cache_write | output | other
     line_item   VARCHAR,
     cost_usd    {MONEY} NOT NULL,
-    source_file VARCHAR NOT NULL
+    source      VARCHAR NOT NULL             -- the file (and line) or the API request
 );
 CREATE TABLE IF NOT EXISTS cost_reconciliation (
     day                  DATE NOT NULL,
+    depth                VARCHAR NOT NULL,   -- provider | model | token_kind
     provider             VARCHAR NOT NULL,
+    model                VARCHAR,            -- model and token_kind depths (snapshot date dropped); the model
+                                             -- of a provider-depth row of provider `unknown`
+    token_kind           VARCHAR,            -- token_kind depth: input | cached | cache_write | output | other
     traced_usd           {MONEY} NOT NULL,
     billed_usd           {MONEY} NOT NULL,
     gap_usd              {MONEY} NOT NULL,   -- billed - traced
     gap_pct              DOUBLE,             -- gap / billed; NULL when nothing was billed
-    unpriced_generations BIGINT NOT NULL
+    unpriced_generations BIGINT NOT NULL,
+    has_bill             BOOLEAN NOT NULL,   -- the provider bills this day: its gap is judged
+    final                BOOLEAN NOT NULL    -- the bill has settled; else provisional (warns at most)
 );
 """
 
@@ -111,14 +118,15 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
     conn.execute("COMMIT")
 
 
-def replace_partition(conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str) -> int:
-    """Delete the day's rows of `table` and insert `select_sql` (which may use `$day`), in the caller's
-    transaction."""
+def replace_partition(conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str,
+                      params: dict | None = None) -> int:
+    """Delete the day's rows of `table` and insert `select_sql` (which may use `$day` and `params`), in the
+    caller's transaction."""
     conn.execute(f"DELETE FROM {table} WHERE day = ?", [day])
     # Rows of a table have no order here: letting DuckDB write them in any order saves memory and time.
     conn.execute("SET preserve_insertion_order = false")
     try:
-        conn.execute(f"INSERT INTO {table} {select_sql}", {"day": day} if "$day" in select_sql else [])
+        conn.execute(f"INSERT INTO {table} {select_sql}", {"day": day, **(params or {})} if "$" in select_sql else [])
     finally:
         conn.execute("RESET preserve_insertion_order")
     return conn.execute(f"SELECT count(*) FROM {table} WHERE day = ?", [day]).fetchone()[0]

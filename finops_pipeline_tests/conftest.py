@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+import time_machine
 
 from finops_pipeline.definitions import ASSETS, build_resources
 from finops_pipeline.demo.sample_data import write_export_file
@@ -21,14 +22,23 @@ def settings(tmp_path: Path) -> FinopsSettings:
     return FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path / "finops")})
 
 
+@pytest.fixture
+def settled():
+    """The clock a month after DAY: its bills have settled, its reconciliation is final."""
+    with time_machine.travel(datetime(2026, 12, 21, 12, tzinfo=timezone.utc), tick=True):
+        yield
+
+
 def materialize_day(settings: FinopsSettings, day: date = DAY, selection=None, langfuse=None, instance=None,
-                    **overrides) -> dg.ExecuteInProcessResult:
+                    openai=None, anthropic=None, **overrides) -> dg.ExecuteInProcessResult:
     """Materialise `day` of the whole graph (or `selection`) the way a Dagster run does; from the
-    Langfuse API when `langfuse` (a LangfuseApiResource) is given, else from the export folder."""
+    Langfuse API when `langfuse` (a LangfuseApiResource) is given, else from the export folder; the
+    bills from the cost APIs in `openai` / `anthropic` (CostApiResource), else from the billing folder."""
     if overrides:
         settings = replace_settings(settings, **overrides)
     return dg.materialize(
-        ASSETS, selection=selection, partition_key=day.isoformat(), resources=build_resources(settings, langfuse),
+        ASSETS, selection=selection, partition_key=day.isoformat(),
+        resources=build_resources(settings, langfuse, openai, anthropic),
         instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False,
     )
 

@@ -3,15 +3,12 @@
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
-
-import dagster as dg
 
 from finops_pipeline.definitions import defs
 from finops_pipeline.schedules import daily_finops_schedule
 
 EXPECTED_ASSETS = {"langfuse_generations", "allocated_costs", "finout_upload", "openai_costs", "anthropic_costs",
-                   "cost_reconciliation"}
+                   "other_provider_costs", "cost_reconciliation"}
 
 
 def test_dagster_definitions_validate(tmp_path):
@@ -36,14 +33,14 @@ def test_blocking_conservation_check_and_lineage():
     parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()}
     assert parents["allocated_costs"] == {"langfuse_generations"}
     assert parents["finout_upload"] == {"allocated_costs"}
-    assert parents["cost_reconciliation"] == {"allocated_costs", "openai_costs", "anthropic_costs"}
+    assert parents["cost_reconciliation"] == {"allocated_costs", "openai_costs", "anthropic_costs", "other_provider_costs"}
     specs = {s.name: s for s in defs.get_assets_def("allocated_costs").check_specs}
     assert specs["cost_conserved"].blocking
 
 
-def test_schedule_materialises_yesterday():
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 22, 2, 0, tzinfo=timezone.utc))
-    schedule = defs.get_schedule_def(daily_finops_schedule.name)
-    [request] = list(schedule.evaluate_tick(context).run_requests)
-    assert request.partition_key == "2026-11-21"
-    assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone in (None, "UTC")
+def test_schedule_runs_daily_at_two_utc():
+    schedule = daily_finops_schedule
+    assert schedule in defs.schedules
+    assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone == "UTC"
+    assert schedule.job_name == "daily_finops_job"
+    # what each tick launches: test_reconciliation.py::test_the_daily_tick_re_runs_the_bills_of_the_settling_days

@@ -115,7 +115,7 @@ def test_conservation_check_fails_when_a_dollar_goes_missing(settings):
     (Decimal("5.2"), False, "ERROR"),
     (Decimal("-8"), False, "ERROR"),
 ])
-def test_reconciliation_check_around_the_thresholds(settings, openai_gap_pct, passed, severity):
+def test_reconciliation_check_around_the_thresholds(settings, settled, openai_gap_pct, passed, severity):
     write_day(settings, ROWS)
     # gap % is of the bill: billed = traced / (1 - gap)
     openai_billed = (TRACED["openai"] / (1 - openai_gap_pct / 100)).quantize(Decimal("0.000001"))
@@ -127,10 +127,10 @@ def test_reconciliation_check_around_the_thresholds(settings, openai_gap_pct, pa
     if not passed:
         assert evaluation.severity.value == severity
         assert f"openai: billed ${float(openai_billed):,.2f} vs traced $2.00" in evaluation.description
-    rows = dict((p, (t, b)) for p, t, b in query(settings, "SELECT provider, traced_usd, billed_usd FROM cost_reconciliation"))
-    assert rows["openai"] == (usd("2.0"), openai_billed)
-    assert rows["anthropic"] == (usd("3.0"), usd("3.0"))
-    assert rows["unknown"] == (usd("0"), usd("0"))
+    rows = {(p, m): (t, b) for p, m, t, b in query(
+        settings, "SELECT provider, model, traced_usd, billed_usd FROM cost_reconciliation WHERE depth = 'provider'")}
+    assert rows == {("openai", None): (usd("2.0"), openai_billed), ("anthropic", None): (usd("3.0"), usd("3.0")),
+                    ("unknown", "acme-ft"): (usd("0"), usd("0"))}
 
 
 def test_anthropic_cents_are_converted_exactly(settings):

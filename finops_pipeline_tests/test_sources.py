@@ -9,38 +9,60 @@ import pytest
 from finops_pipeline import pricing
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.sources.langfuse_export import list_export_files
-from finops_pipeline.sources.provider_billing import BillingError, read_anthropic_costs, read_openai_costs
+from finops_pipeline.sources.provider_billing import (
+    BillingError,
+    openai_line_item,
+    openai_token_kind,
+    read_bill_files,
+    read_other_costs,
+)
 from finops_pipeline_tests.conftest import DAY, write_anthropic_bill, write_openai_bill
 
 
 def test_openai_pages_are_all_read_and_line_items_split(tmp_path):
     write_openai_bill(tmp_path, DAY, {"gpt-4o-2024-08-06, input": 0.1, "gpt-4o-2024-08-06, cached input": 0.2,
                                       "o4-mini-2025-04-16, output": 0.3}, pages=3)
-    costs = read_openai_costs(tmp_path, DAY)
-    assert [(c.model, c.token_type, c.cost_usd) for c in costs] == [
-        ("gpt-4o-2024-08-06", "input", Decimal("0.1")), ("gpt-4o-2024-08-06", "cached input", Decimal("0.2")),
-        ("o4-mini-2025-04-16", "output", Decimal("0.3"))]
+    costs = read_bill_files(tmp_path, "openai", DAY)
+    assert [(c.model, c.token_type, c.token_kind, c.cost_usd) for c in costs] == [
+        ("gpt-4o-2024-08-06", "input", "input", Decimal("0.1")),
+        ("gpt-4o-2024-08-06", "cached input", "cached", Decimal("0.2")),
+        ("o4-mini-2025-04-16", "output", "output", Decimal("0.3"))]
+    assert costs[0].source.endswith("page-1.json") and costs[2].source.endswith("page-3.json")
+
+
+@pytest.mark.parametrize(("line_item", "model", "kind"), [
+    ("gpt-4o-2024-08-06, input", "gpt-4o-2024-08-06", "input"),
+    ("gpt-4o-mini-2024-07-18, cached input", "gpt-4o-mini-2024-07-18", "cached"),
+    ("gpt-5-2025-08-07, output, long context", "gpt-5-2025-08-07", "output"),
+    ("priority | gpt-5-2025-08-07, input", "gpt-5-2025-08-07", "input"),
+    ("gpt-5-2025-08-07, cache writes", "gpt-5-2025-08-07", "cache_write"),
+    ("web search tool calls", "web search tool calls", "other"),
+    (None, None, "other"),
+])
+def test_openai_line_items_name_model_and_token_kind(line_item, model, kind):
+    parsed_model, token_type = openai_line_item(line_item)
+    assert (parsed_model, openai_token_kind(token_type)) == (model, kind)
 
 
 def test_anthropic_amounts_are_exact_decimal_cents(tmp_path):
     write_anthropic_bill(tmp_path, DAY, {"claude-sonnet-4-20250514": "123.78912"})
-    [cost] = read_anthropic_costs(tmp_path, DAY)
-    assert cost.cost_usd == Decimal("1.2378912")
+    [cost] = read_bill_files(tmp_path, "anthropic", DAY)
+    assert cost.cost_usd == Decimal("1.2378912") and cost.token_kind == "input"
 
 
 @pytest.mark.parametrize(("mutate", "message"), [
-    (lambda r: r.update(currency="EUR"), "currency 'EUR' is not USD"),
-    (lambda r: r.update(amount="-5"), "negative amount -5"),
-    (lambda r: r.pop("amount"), "field `data.0.results.0.amount`"),
+    (lambda r: r.update(currency="EUR"), "field `data.0.results.0.amount`: currency 'EUR' is not USD"),
+    (lambda r: r.update(amount="-5"), "field `data.0.results.0.amount`: negative amount -5"),
+    (lambda r: r.pop("amount"), "field `data.0.results.0.amount`: Field required"),
 ])
-def test_a_bill_that_cannot_be_trusted_names_provider_file_and_field(tmp_path, mutate, message):
+def test_a_bill_that_cannot_be_trusted_names_provider_day_file_and_field(tmp_path, mutate, message):
     write_anthropic_bill(tmp_path, DAY, {"claude-sonnet-4-20250514": "100"})
     page = tmp_path / "anthropic" / DAY.isoformat() / "page-1.json"
     body = json.loads(page.read_text())
     mutate(body["data"][0]["results"][0])
     page.write_text(json.dumps(body))
-    with pytest.raises(BillingError, match="anthropic") as exc:
-        read_anthropic_costs(tmp_path, DAY)
+    with pytest.raises(BillingError, match=f"anthropic bill for {DAY}") as exc:
+        read_bill_files(tmp_path, "anthropic", DAY)
     assert message in str(exc.value) and str(page) in str(exc.value)
 
 
@@ -49,7 +71,50 @@ def test_bill_that_is_not_json_is_an_error(tmp_path):
     folder.mkdir(parents=True)
     (folder / "page-1.json").write_text('{"data": [')
     with pytest.raises(BillingError, match="is not valid JSON"):
-        read_openai_costs(tmp_path, DAY)
+        read_bill_files(tmp_path, "openai", DAY)
+
+
+def write_csv(tmp_path, name: str, text: str):
+    folder = tmp_path / "other"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def test_other_providers_csv_drop_is_read_for_its_day_exactly(tmp_path):
+    write_csv(tmp_path, "november.csv",
+              "day,provider,model,cost_usd,token_kind,description\n"
+              "2026-11-20,bedrock,anthropic.claude-sonnet-4,9.99,,\n"
+              "2026-11-21,bedrock,anthropic.claude-sonnet-4,0.1000000001,input,\"Claude, on-demand\"\n"
+              "2026-11-21,Self_Hosted,acme-llama,2,,GPU hours at the internal rate\n")
+    lines = read_other_costs(tmp_path, DAY, excluded={"openai", "anthropic"})
+    assert [(c.provider, c.model, c.token_kind, c.line_item, c.cost_usd) for c in lines] == [
+        ("bedrock", "anthropic.claude-sonnet-4", "input", "Claude, on-demand", Decimal("0.1000000001")),
+        ("self_hosted", "acme-llama", "other", "GPU hours at the internal rate", Decimal("2"))]
+    assert lines[0].source.endswith("november.csv:3")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("day,provider,model,cost\n", "missing ['cost_usd'], unknown ['cost']"),
+    ("day,provider,model,cost_usd\n2026-11-21,bedrock,m,1.5e\n", "november.csv:2: field `cost_usd`: 1.5e is not a number"),
+    ("day,provider,model,cost_usd\n2026-11-21,bedrock,m,-1\n", "field `cost_usd`: negative amount -1"),
+    ("day,provider,model,cost_usd,currency\n2026-11-21,bedrock,m,1,EUR\n", "currency 'EUR' is not USD"),
+    ("day,provider,model,cost_usd\n21/11/2026,bedrock,m,1\n", "field `day`: '21/11/2026' is not a YYYY-MM-DD date"),
+    ("day,provider,model,cost_usd\n2026-11-21,openai,gpt-4o,1\n", "openai is billed from its own cost API"),
+    ("day,provider,model,cost_usd,token_kind\n2026-11-21,vertex,m,1,prompt\n", "field `token_kind`: 'prompt' is not one of"),
+])
+def test_a_bad_csv_line_names_file_line_and_field(tmp_path, text, message):
+    write_csv(tmp_path, "november.csv", text)
+    with pytest.raises(BillingError) as exc:
+        read_other_costs(tmp_path, DAY, excluded={"openai", "anthropic"})
+    assert message in str(exc.value) and "november.csv" in str(exc.value)
+
+
+def test_a_provider_day_in_two_csv_files_would_count_twice_and_is_refused(tmp_path):
+    write_csv(tmp_path, "a.csv", "day,provider,model,cost_usd\n2026-11-21,bedrock,m,1\n")
+    write_csv(tmp_path, "b.csv", "day,provider,model,cost_usd\n2026-11-21,bedrock,m,1\n")
+    with pytest.raises(BillingError, match="both .*a.csv and .*b.csv have lines for this day"):
+        read_other_costs(tmp_path, DAY, excluded=set())
 
 
 def test_manifest_windows_and_unlisted_files(tmp_path):
@@ -88,6 +153,19 @@ def test_settings_from_environment_and_validation(tmp_path):
 ])
 def test_provider_of_model(model, provider):
     assert pricing.provider_of(model) == provider
+
+
+def test_provider_map_from_settings_wins_over_the_built_in_mapping(tmp_path):
+    settings = FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path),
+                                        "FINOPS_PROVIDER_MAP": "anthropic.claude-*=bedrock, acme-*=self_hosted"})
+    assert settings.provider_map == {"anthropic.claude-*": "bedrock", "acme-*": "self_hosted"}
+    assert pricing.provider_of("Anthropic.Claude-Sonnet-4", settings.provider_map) == "bedrock"
+    assert pricing.provider_of("acme-llama-ft", settings.provider_map) == "self_hosted"
+    assert pricing.provider_of("claude-sonnet-4-20250514", settings.provider_map) == "anthropic"
+    with pytest.raises(ValueError, match="pattern=provider"):
+        FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_PROVIDER_MAP": "acme-*"})
+    with pytest.raises(ValueError, match="lower-case provider name"):
+        FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_PROVIDER_MAP": "acme-*=Self Hosted"})
 
 
 def test_price_table_rates_come_from_the_maintained_table():

@@ -1,28 +1,27 @@
-"""cost_reconciliation: billed vs traced cost per day and provider, and the check that fails on a gap."""
+"""cost_reconciliation: billed vs traced cost per day at three depths, and the check that fails on a gap."""
 
+from datetime import datetime, timezone
 
 import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from finops_pipeline.generations import register_model_prices
 from finops_pipeline.partitions import daily_partitions, partition_day
+from finops_pipeline.reconciliation import (
+    PREPARE_SQL,
+    RECONCILE_SQL,
+    final_after,
+    label,
+    provider_verdicts,
+    reading,
+)
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
 GAP_CHECK = "billed_vs_traced_gap"
-
-_RECONCILE = """
-WITH traced AS (
-    SELECT provider, sum(cost_usd) AS traced, sum(unpriced_calls) AS unpriced
-    FROM allocated_costs WHERE day = $day GROUP BY provider
-), billed AS (
-    SELECT provider, sum(cost_usd) AS billed FROM provider_costs WHERE day = $day GROUP BY provider
-)
-SELECT $day, provider, coalesce(traced, 0), coalesce(billed, 0), coalesce(billed, 0) - coalesce(traced, 0),
-       CASE WHEN billed > 0 THEN 100 * (billed - coalesce(traced, 0)) / billed END,
-       coalesce(unpriced, 0)
-FROM traced FULL JOIN billed USING (provider)
-"""
+DEPTHS = ("provider", "model", "token_kind")
+SHOWN_PER_DEPTH = 15  # rows of each depth in the check's tables; all of them are in the table
 
 
 @dg.asset(
@@ -30,79 +29,119 @@ FROM traced FULL JOIN billed USING (provider)
     pool=WAREHOUSE_POOL,
     group_name="reconciliation",
     kinds={"duckdb"},
-    deps=["allocated_costs", "openai_costs", "anthropic_costs"],
+    deps=["allocated_costs", "openai_costs", "anthropic_costs", "other_provider_costs"],
     description=(
-        "Per day and provider: what the provider billed vs what Langfuse traced, the gap in $ and % of the "
-        "bill. The bill is the truth for how much; Langfuse for the breakdown. Providers that send no bill "
-        "(unknown models, other clouds) are listed with billed $0."
+        "Per day: what providers billed vs what Langfuse traced, per provider, per model and per token kind "
+        "(input, cached, cache_write, output), with the gap in $ and % of the bill. The bill is the truth for "
+        "how much; Langfuse for the breakdown. A model mapped to no provider is its own row. A day is "
+        "provisional until its bills settle (FINOPS_SETTLING_DAYS after it ends)."
     ),
     check_specs=[
         dg.AssetCheckSpec(GAP_CHECK, asset="cost_reconciliation",
-                          description="|billed − traced| within the warn and error thresholds, per billed provider."),
+                          description="|billed − traced| per billing provider within the warn and error thresholds; "
+                                      "a provisional day warns at most."),
     ],
 )
 def cost_reconciliation(
     context: dg.AssetExecutionContext, duckdb: DuckDBResource, settings: FinopsSettings
 ) -> dg.MaterializeResult:
     day = partition_day(context)
+    settled_at = final_after(day, settings.settling_days)
+    final = datetime.now(timezone.utc) >= settled_at
     with connect(duckdb) as conn:
+        models = [m for (m,) in conn.execute("SELECT DISTINCT model FROM allocated_costs WHERE day = ?", [day]).fetchall()]
+        register_model_prices(conn, models, day, settings.provider_map)
+        for statement in PREPARE_SQL:
+            conn.execute(statement, {"day": day} if "$day" in statement else [])
         with transaction(conn):
-            rows = replace_partition(conn, "cost_reconciliation", day, _RECONCILE)
+            rows = replace_partition(conn, "cost_reconciliation", day, RECONCILE_SQL,
+                                     {"billed_providers": settings.billed_providers, "final": final})
         table = conn.execute(
-            "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? ORDER BY provider", [day]).df()
-    check = gap_check(table, settings)
-    metadata: dict = {"dagster/row_count": rows}
-    for r in table.itertuples():
-        metadata[f"{r.provider}_traced_usd"] = float(r.traced_usd)
-        metadata[f"{r.provider}_billed_usd"] = float(r.billed_usd)
-    metadata["reconciliation"] = check.metadata["providers"]
+            "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? ORDER BY depth, provider, model, token_kind",
+            [day]).df()
+    check = gap_check(table, settings, final, settled_at)
+    metadata: dict = {"dagster/row_count": rows, "final": final}
+    for r in table[table.depth == "provider"].itertuples():
+        if r.provider != "unknown":
+            metadata[f"{r.provider}_traced_usd"] = float(r.traced_usd)
+            metadata[f"{r.provider}_billed_usd"] = float(r.billed_usd)
+    metadata["by_provider"] = check.metadata["by_provider"]
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
 
-def provider_verdicts(table: pd.DataFrame, settings: FinopsSettings) -> list[dict]:
-    """Each billed provider's numbers and level: ERROR past the error threshold, WARN past the warn one."""
-    verdicts = []
-    for r in table.itertuples():
-        if r.provider not in settings.billed_providers:
-            continue
-        traced, billed = float(r.traced_usd), float(r.billed_usd)
-        known = r.gap_pct is not None and not pd.isna(r.gap_pct)
-        size = abs(r.gap_pct) if known else (0.0 if traced == 0 else float("inf"))
-        level = ("ERROR" if size > settings.reconciliation_error_pct
-                 else "WARN" if size > settings.reconciliation_warn_pct else "ok")
-        verdicts.append({
-            "provider": r.provider, "traced $": round(traced, 2), "billed $": round(billed, 2),
-            "gap $": round(billed - traced, 2), "gap %": round(float(r.gap_pct), 2) if known else None,
-            "result": level,
-        })
-    return verdicts
-
-
-def gap_check(table: pd.DataFrame, settings: FinopsSettings) -> dg.AssetCheckResult:
-    verdicts = provider_verdicts(table, settings)
-    severity = (dg.AssetCheckSeverity.ERROR if any(v["result"] == "ERROR" for v in verdicts)
-                else dg.AssetCheckSeverity.WARN)
-    failing = [v for v in verdicts if v["result"] != "ok"]
+def gap_check(table: pd.DataFrame, settings: FinopsSettings, final: bool, settled_at: datetime) -> dg.AssetCheckResult:
+    verdicts = provider_verdicts(table, settings.reconciliation_warn_pct, settings.reconciliation_error_pct)
+    failing = [v for v in verdicts if v.level != "ok"]
+    # Bills still move for a few days: a gap on a provisional day is worth a look, not an alarm.
+    error = final and any(v.level == "ERROR" for v in failing)
+    status = "" if final else f"Provisional until {settled_at:%Y-%m-%d %H:%M} UTC (bills still settle; ERROR only after): "
     if failing:
-        description = "; ".join(
-            f"{v['provider']}: billed ${v['billed $']:,.2f} vs traced ${v['traced $']:,.2f}, gap "
-            f"{v['gap $']:+,.2f} USD ({_pct(v['gap %'])}) {v['result']}"
-            for v in failing
-        ) + f" (warn > {settings.reconciliation_warn_pct:g}%, error > {settings.reconciliation_error_pct:g}%)"
+        description = status + "; ".join(
+            f"{v.provider}: billed ${v.billed:,.2f} vs traced ${v.traced:,.2f}, gap {v.gap:+,.2f} USD "
+            f"({_pct(v.gap_pct)}) {v.level}" for v in failing
+        ) + f" (warn > {settings.reconciliation_warn_pct:g}%, error > {settings.reconciliation_error_pct:g}%)."
+        explained = _largest_gaps(table, {v.provider for v in failing})
+        if explained:
+            description += " Largest gaps: " + "; ".join(explained) + "."
     else:
-        description = "; ".join(f"{v['provider']}: gap {v['gap %']:+.2f}%" for v in verdicts) or "no billed provider"
+        description = status + ("; ".join(f"{v.provider}: gap {_pct(v.gap_pct)}" for v in verdicts) or "no billing provider")
+    metadata: dict = {
+        f"by_{depth}": dg.MetadataValue.md(_depth_table(table, depth)) for depth in DEPTHS
+    }
+    metadata.update({
+        "max_abs_gap_pct": max((abs(v.gap_pct) for v in verdicts if v.gap_pct is not None), default=0.0),
+        "warn_pct": settings.reconciliation_warn_pct,
+        "error_pct": settings.reconciliation_error_pct,
+        "final": final,
+        "final_after": settled_at.isoformat(),
+    })
     return dg.AssetCheckResult(
         check_name=GAP_CHECK,
         passed=not failing,
-        severity=severity,
+        severity=dg.AssetCheckSeverity.ERROR if error else dg.AssetCheckSeverity.WARN,
         description=description,
-        metadata={
-            "providers": dg.MetadataValue.md(pd.DataFrame(verdicts).to_markdown(index=False) if verdicts else "none"),
-            "max_abs_gap_pct": max((abs(v["gap %"]) for v in verdicts if v["gap %"] is not None), default=0.0),
-            "warn_pct": settings.reconciliation_warn_pct,
-            "error_pct": settings.reconciliation_error_pct,
-        },
+        metadata=metadata,
     )
+
+
+def _ranked(table: pd.DataFrame, depth: str) -> pd.DataFrame:
+    rows = table[table.depth == depth]
+    return rows.iloc[rows.gap_usd.astype(float).abs().argsort()[::-1]]
+
+
+def _largest_gaps(table: pd.DataFrame, providers: set[str], n: int = 3) -> list[str]:
+    """The rows that explain the failing providers' gaps, largest first, each at the deepest depth it has:
+    "openai gpt-4.1-nano: +5.53 USD (billed, not traced)"."""
+    kinds = table[table.depth == "token_kind"]
+    split = set(zip(kinds.provider, kinds.model))
+    unsplit = pd.Series([(p, m) not in split for p, m in zip(table.provider, table.model)], index=table.index)
+    models = table[(table.depth == "model") & unsplit]
+    rows = pd.concat([kinds, models])
+    rows = rows[rows.provider.isin(providers) & (rows.gap_usd.astype(float).abs() >= 0.005)]
+    rows = rows.iloc[rows.gap_usd.astype(float).abs().argsort()[::-1]]
+    explained = []
+    for r in rows.itertuples():
+        if len(explained) == n:
+            break
+        explained.append(f"{label(r)}: {float(r.gap_usd):+,.2f} USD ({reading(float(r.traced_usd), float(r.billed_usd))})")
+    return explained
+
+
+def _depth_table(table: pd.DataFrame, depth: str) -> str:
+    rows = _ranked(table, depth)
+    if rows.empty:
+        return "no rows at this depth (one side cannot split its cost this way)"
+    shown = pd.DataFrame({
+        "what": [label(r) for r in rows.itertuples()],
+        "traced $": rows.traced_usd.astype(float).round(2).to_numpy(),
+        "billed $": rows.billed_usd.astype(float).round(2).to_numpy(),
+        "gap $": rows.gap_usd.astype(float).round(2).to_numpy(),
+        "gap %": [None if pd.isna(p) else round(float(p), 1) for p in rows.gap_pct],
+        "reading": [reading(float(t), float(b)) for t, b in zip(rows.traced_usd, rows.billed_usd)],
+    })
+    more = len(shown) - SHOWN_PER_DEPTH
+    text = shown.head(SHOWN_PER_DEPTH).to_markdown(index=False)
+    return text + (f"\n\n… and {more} smaller rows in table `cost_reconciliation`." if more > 0 else "")
 
 
 def _pct(gap_pct: float | None) -> str:

@@ -66,7 +66,7 @@ def langfuse_generations(
     with connect(duckdb) as conn:
         extraction = (_extract_from_api(context, conn, langfuse, settings, day) if langfuse.configured
                       else _extract_from_export(context, conn, settings, day))
-        prepare_day(conn, day)
+        prepare_day(conn, day, settings.provider_map)
         if extraction.rejected:
             conn.executemany(
                 "INSERT INTO day_quarantine VALUES ('langfuse_generations', ?, ?, ?, NULL, ?)",

@@ -1,7 +1,5 @@
-"""openai_costs, anthropic_costs: what each provider billed for the day, into the `provider_costs` table."""
+"""openai_costs, anthropic_costs, other_provider_costs: what each provider billed for the day, into `provider_costs`."""
 
-
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -10,64 +8,119 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.partitions import daily_partitions, partition_day
+from finops_pipeline.resources import CostApiResource
 from finops_pipeline.settings import FinopsSettings
+from finops_pipeline.sources.billing_api import CostApiError
 from finops_pipeline.sources.provider_billing import (
     BilledCost,
     BillingError,
-    read_anthropic_costs,
-    read_openai_costs,
+    read_bill_files,
+    read_other_costs,
 )
-from finops_pipeline.warehouse import WAREHOUSE_POOL, MONEY, connect, transaction
+from finops_pipeline.warehouse import MONEY, WAREHOUSE_POOL, connect, transaction
 
-_COLUMNS = ["provider", "model", "token_type", "line_item", "cost_usd", "source_file"]
+_COLUMNS = ["provider", "model", "token_type", "token_kind", "line_item", "cost_usd", "source"]
 
 
-def _provider_cost_asset(
-    provider: str, reader: Callable[[Path, date], list[BilledCost]], api: str
-) -> dg.AssetsDefinition:
+def _replace_bill(duckdb: DuckDBResource, day: date, providers: set[str], lines: list[BilledCost]) -> dict[str, float]:
+    """Replace the day's lines of `providers` in one transaction: the table holds the old bill or the new
+    one, never half of either. Returns the day's total per provider."""
+    # Amounts cross into DuckDB as decimal text, so no float ever touches them.
+    frame = pd.DataFrame([[line.provider, line.model, line.token_type, line.token_kind, line.line_item,
+                           str(line.cost_usd), line.source] for line in lines], columns=_COLUMNS, dtype=object)
+    with connect(duckdb) as conn:
+        conn.register("billed", frame)
+        with transaction(conn):
+            conn.execute("DELETE FROM provider_costs WHERE day = ? AND list_contains(?, provider)", [day, sorted(providers)])
+            conn.execute(f"""
+                INSERT INTO provider_costs BY NAME
+                SELECT ?::DATE AS day, * REPLACE (cost_usd::VARCHAR::{MONEY} AS cost_usd) FROM billed""", [day])
+        return {p: float(c) for p, c in conn.execute("""
+            SELECT provider, sum(cost_usd) FROM provider_costs WHERE day = ? AND list_contains(?, provider)
+            GROUP BY 1 ORDER BY 1""", [day, sorted(providers)]).fetchall()}
+
+
+def _provider_cost_asset(provider: str, api: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"{provider}_costs",
         partitions_def=daily_partitions,
         pool=WAREHOUSE_POOL,
         group_name="billing",
         kinds={provider, "duckdb"},
+        required_resource_keys={"duckdb", "settings", f"{provider}_api"},
         description=(
-            f"What {provider.title()} billed for the day, by line item, read from billing files saved in the "
-            f"format of {api} (`$FINOPS_BILLING_DIR/{provider}/YYYY-MM-DD/*.json`), into `provider_costs`."
+            f"What {provider.title()} billed for the day, by line item (model × token kind), into `provider_costs`. "
+            f"From {api} when `{provider.upper()}_ADMIN_KEY` is set, else from its saved pages in "
+            f"`$FINOPS_BILLING_DIR/{provider}/YYYY-MM-DD/*.json`."
         ),
     )
-    def _asset(context: dg.AssetExecutionContext, duckdb: DuckDBResource, settings: FinopsSettings) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         day = partition_day(context)
+        settings: FinopsSettings = context.resources.settings
+        cost_api: CostApiResource = getattr(context.resources, f"{provider}_api")
+        metadata: dict = {}
         if provider not in settings.billed_providers:
             lines: list[BilledCost] = []
             context.log.info(f"{provider} is not in FINOPS_BILLED_PROVIDERS: no bill read for {day}.")
+            metadata["source"] = "none (not billed)"
+        elif cost_api.configured:
+            try:
+                with cost_api.client() as client:
+                    lines = client.day_lines(day)
+            except (BillingError, CostApiError) as exc:
+                raise dg.Failure(str(exc)) from None
+            stats = client.stats
+            metadata.update({
+                "source": f"{provider} cost API", "api_requests": stats.requests, "api_pages": stats.pages,
+                "api_retries": stats.retries,
+                "api_retry_reasons": ", ".join(f"{r} ×{n}" for r, n in stats.retry_reasons.most_common()) or "none",
+            })
         else:
             try:
-                lines = reader(Path(settings.billing_dir), day)
+                lines = read_bill_files(Path(settings.billing_dir), provider, day)
             except BillingError as exc:
                 raise dg.Failure(str(exc)) from None
-        # Amounts cross into DuckDB as decimal text, so no float ever touches them.
-        frame = pd.DataFrame(
-            [[line.provider, line.model, line.token_type, line.line_item, str(line.cost_usd), line.source_file]
-             for line in lines], columns=_COLUMNS, dtype=object)
-        with connect(duckdb) as conn:
-            conn.register("billed", frame)
-            with transaction(conn):
-                conn.execute("DELETE FROM provider_costs WHERE day = ? AND provider = ?", [day, provider])
-                conn.execute(f"""
-                    INSERT INTO provider_costs
-                    SELECT ?, provider, model, token_type, line_item, cost_usd::VARCHAR::{MONEY}, source_file FROM billed""",
-                             [day])
-            total = conn.execute("SELECT coalesce(sum(cost_usd), 0) FROM provider_costs WHERE day = ? AND provider = ?",
-                                 [day, provider]).fetchone()[0]
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": len(lines),
-            "billed_cost_usd": float(total),
-            "billed": provider in settings.billed_providers,
-        })
+            metadata["source"] = "billing files"
+        totals = _replace_bill(context.resources.duckdb, day, {provider}, lines)
+        return dg.MaterializeResult(metadata={"dagster/row_count": len(lines),
+                                              "billed_cost_usd": totals.get(provider, 0.0), **metadata})
 
     return _asset
 
 
-openai_costs = _provider_cost_asset("openai", read_openai_costs, "GET /v1/organization/costs")
-anthropic_costs = _provider_cost_asset("anthropic", read_anthropic_costs, "GET /v1/organizations/cost_report")
+openai_costs = _provider_cost_asset("openai", "GET /v1/organization/costs")
+anthropic_costs = _provider_cost_asset("anthropic", "GET /v1/organizations/cost_report")
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    pool=WAREHOUSE_POOL,
+    group_name="billing",
+    kinds={"csv", "duckdb"},
+    description=(
+        "What other providers (Azure OpenAI, Bedrock, Vertex, a self-hosted model at an internal price, ...) billed "
+        "for the day, from the CSV drop `$FINOPS_BILLING_DIR/other/*.csv` (columns day, provider, model, cost_usd; "
+        "optional token_kind, description, currency), into `provider_costs`."
+    ),
+)
+def other_provider_costs(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
+                         settings: FinopsSettings) -> dg.MaterializeResult:
+    day = partition_day(context)
+    billing_dir = Path(settings.billing_dir)
+    try:
+        lines = read_other_costs(billing_dir, day, excluded=set(settings.billed_providers))
+    except BillingError as exc:
+        raise dg.Failure(str(exc)) from None
+    # Every provider this asset ever wrote for the day is replaced, so a line removed from the CSV goes too.
+    with connect(duckdb) as conn:
+        before = {p for (p,) in conn.execute(
+            "SELECT DISTINCT provider FROM provider_costs WHERE day = ? AND NOT list_contains(?, provider)",
+            [day, settings.billed_providers]).fetchall()}
+    providers = before | {line.provider for line in lines}
+    totals = _replace_bill(duckdb, day, providers, lines)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(lines),
+        "billed_cost_usd": sum(totals.values()),
+        "by_provider": dg.MetadataValue.json(totals),
+        "source": f"{billing_dir / 'other'}/*.csv",
+    })

@@ -8,7 +8,7 @@
   without metadata (unallocated), some with `key:value` tags only, some of a model no price table knows,
   some Langfuse could not price (priced from the price table), a few spans without cost.
 - Provider bills in the providers' API formats, equal to the traced cost within ±1%, except on the
-  `overbilled_day`: OpenAI bills ~15% more (calls that were never traced).
+  `overbilled_day`: OpenAI bills ~15% more, for a model no trace mentions (a batch job without the SDK).
 
 Everything is seeded by the date, so a day's data is the same whatever day the demo runs.
 """
@@ -33,6 +33,7 @@ from finops_pipeline import pricing
 PROJECT_ID = "cm-demo-project"
 UNPRICED_MODEL = "acme-support-ft-v2"  # a self-hosted fine-tune: no price anywhere
 OVERBILL = Decimal("0.15")
+UNTRACED_MODEL = "gpt-4.1-nano-2025-04-14"  # billed on the overbilled day, never traced
 
 # feature -> (team, prompt, [(model, weight)], typical input tokens, typical output tokens)
 FEATURES = {
@@ -273,11 +274,11 @@ def _billed_lines(day: date, rows: list[dict], overbill: bool, rng: random.Rando
     for provider, items in lines.items():
         for key in items:  # the provider's own metering differs a little from the traces
             items[key] *= Decimal(1) + Decimal(rng.randint(-80, 80)) / Decimal(10_000)
-    if overbill:  # untraced calls: a batch job that bypasses the Langfuse SDK
+    if overbill:  # untraced calls: a batch job on a model no traced feature uses, bypassing the Langfuse SDK
         openai = lines["openai"]
-        total = sum(openai.values())
-        key = ("gpt-4o-2024-08-06", "input")
-        openai[key] = openai.get(key, Decimal(0)) + total * OVERBILL
+        untraced = sum(openai.values()) * OVERBILL
+        openai[(UNTRACED_MODEL, "input")] = untraced * Decimal("0.7")
+        openai[(UNTRACED_MODEL, "output")] = untraced * Decimal("0.3")
     return lines
 
 

@@ -11,28 +11,43 @@ from finops_pipeline.destinations.finout import file_name
 from finops_pipeline.settings import FinopsSettings
 
 
-def _check_word(evaluations: list, check_name: str) -> str:
-    for evaluation in evaluations:
-        if evaluation.check_name == check_name:
-            return "PASS" if evaluation.passed else f"FAIL ({evaluation.severity.value})"
-    return "not run"
+def _evaluation(evaluations: list, check_name: str):
+    return next((e for e in evaluations if e.check_name == check_name), None)
+
+
+def _check_word(evaluation) -> str:
+    if evaluation is None:
+        return "not run"
+    return "PASS" if evaluation.passed else f"FAIL ({evaluation.severity.value})"
 
 
 def print_summary(conn: duckdb.DuckDBPyConnection, days: list[date], checks: dict[str, list],
                   settings: FinopsSettings) -> None:
     print("\nTraced (Langfuse) vs billed (provider), per day and provider")
-    print(f"{'day':<12}{'provider':<11}{'traced $':>12}{'billed $':>12}{'gap $':>10}{'gap %':>8}  provider, day's check")
+    print(f"{'day':<12}{'provider':<22}{'traced $':>12}{'billed $':>12}{'gap $':>10}{'gap %':>8}  provider, day's check")
+    failing: dict[date, list[str]] = {}
     for day in days:
         table = conn.execute(
-            "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? ORDER BY provider", [day]).df()
-        levels = {v["provider"]: v["result"] for v in provider_verdicts(table, settings)}
-        verdict = _check_word(checks.get(day.isoformat(), []), GAP_CHECK)
-        for r in table.itertuples():
-            note = (f"{levels[r.provider]:<6} check {verdict}" if r.provider in levels
-                    else f"not billed; {r.unpriced_generations:,} unpriced generations")
+            "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? ORDER BY provider, model", [day]).df()
+        levels = {v.provider: v.level for v in provider_verdicts(
+            table, settings.reconciliation_warn_pct, settings.reconciliation_error_pct)}
+        evaluation = _evaluation(checks.get(day.isoformat(), []), GAP_CHECK)
+        verdict = _check_word(evaluation)
+        if evaluation is not None and not evaluation.passed:
+            failing[day] = [line for line in (evaluation.description or "").split(" Largest gaps: ")[1:]]
+        for r in table[table.depth == "provider"].itertuples():
+            if r.provider in levels:
+                settling = "" if r.final else " (provisional)"
+                note = f"{levels[r.provider]:<6} check {verdict}{settling}"
+            else:
+                note = f"no bill; {r.unpriced_generations:,} unpriced generations"
+            name = r.provider if r.provider != "unknown" else f"none: {r.model}"
             pct = "" if pd.isna(r.gap_pct) else f"{r.gap_pct:+.1f}"
-            print(f"{day.isoformat():<12}{r.provider:<11}{r.traced_usd:>12,.2f}{r.billed_usd:>12,.2f}"
+            print(f"{day.isoformat():<12}{name[:21]:<22}{r.traced_usd:>12,.2f}{r.billed_usd:>12,.2f}"
                   f"{r.gap_usd:>+10,.2f}{pct:>8}  {note}")
+    for day, explanations in failing.items():
+        for text in explanations:
+            print(f"{day}: largest gaps: {text}")
 
     period = [days[0], days[-1]]
     total, unpriced, quarantined = conn.execute("""
