@@ -5,6 +5,7 @@ Money is DECIMAL(38, 12): exact sums, no float drift at cent level however many 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import duckdb
 from dagster_duckdb import DuckDBResource
+
+log = logging.getLogger(__name__)
 
 MONEY = "DECIMAL(38, 12)"
 # Dagster concurrency pool of every step that opens the warehouse: DuckDB allows one writer process.
@@ -75,6 +78,7 @@ CREATE TABLE IF NOT EXISTS provider_costs (
     token_type  VARCHAR,                     -- as the bill names it
     token_kind  VARCHAR NOT NULL,            -- input | cached | cache_write | output | other
     line_item   VARCHAR,
+    project_id  VARCHAR,                     -- OpenAI's project, Anthropic's workspace (NULL: the default one)
     cost_usd    {MONEY} NOT NULL,
     source      VARCHAR NOT NULL             -- the file (and line) or the API request
 );
@@ -96,14 +100,38 @@ CREATE TABLE IF NOT EXISTS cost_reconciliation (
 """
 
 
+SCHEMA_VERSION = 2
+# Tables emptied and recreated when a warehouse file of an older version is opened. Each is derived from
+# inputs that are still there (the bills, the staged generations): re-materialising its days refills it.
+REBUILT_IN_VERSION = {2: ("provider_costs", "cost_reconciliation")}  # 2: token kinds, three depths
+
+
 @contextmanager
 def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the warehouse file, created with its tables on first use. Times are UTC."""
     Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
     with resource.get_connection() as conn:
         conn.execute("SET TimeZone = 'UTC'")
-        conn.execute(SCHEMA)
+        _upgrade(conn)
         yield conn
+
+
+def _upgrade(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    [(version, has_tables)] = conn.execute("""
+        SELECT (SELECT max(version) FROM schema_version),
+               (SELECT count(*) > 0 FROM duckdb_tables() WHERE table_name = 'langfuse_generations')""").fetchall()
+    if version is None:
+        version = 1 if has_tables else SCHEMA_VERSION  # files from before versioning are version 1
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        for table in REBUILT_IN_VERSION.get(step, ()):
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            log.warning(f"warehouse upgraded to version {step}: table {table} was recreated empty; "
+                        "re-materialise its days (a backfill) to refill it")
+    conn.execute(SCHEMA)
+    if version != SCHEMA_VERSION or conn.execute("SELECT count(*) FROM schema_version").fetchall() != [(1,)]:
+        conn.execute("DELETE FROM schema_version")
+        conn.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
 
 
 @contextmanager

@@ -51,6 +51,7 @@ def test_openai_day_is_every_line_item_across_pages(double):
     assert api.stats.pages == 3 and api.stats.retries == 0
     kinds = {(line.model, line.token_kind) for line in lines}
     assert ("gpt-4o-2024-08-06", "cached") in kinds and ("web search tool calls", "other") in kinds
+    assert {line.project_id for line in lines} == {"proj_double"}  # grouped by project too
     [first, *rest] = [q for path, q in double.requests if path == OPENAI_PATH]
     assert first["bucket_width"] == "1d" and int(first["end_time"]) - int(first["start_time"]) == 86400
     assert [q["page"] for q in rest] == ["page_2", "page_4"]

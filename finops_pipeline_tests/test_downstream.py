@@ -4,6 +4,7 @@ import csv
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from finops_pipeline.assets.allocated_costs import conservation_check
@@ -155,3 +156,21 @@ def test_a_provider_not_billed_is_skipped(settings):
     result = materialize_day(settings, billed_providers=["openai"])
     assert result.success
     assert check_evaluation(result, "billed_vs_traced_gap").passed
+
+
+def test_a_warehouse_of_the_previous_version_is_upgraded_keeping_the_staged_days(settings, settled):
+    write_day(settings, ROWS)
+    bill(settings, TRACED["openai"], TRACED["anthropic"])
+    assert materialize_day(settings).success
+    staged = query(settings, "SELECT * FROM langfuse_generations ORDER BY observation_id")
+    with duckdb.connect(str(settings.duckdb_path)) as conn:  # as version 1 left it
+        conn.execute("DROP TABLE schema_version")
+        conn.execute("DROP TABLE provider_costs")
+        conn.execute("CREATE TABLE provider_costs (day DATE, provider VARCHAR, model VARCHAR, token_type VARCHAR, "
+                     "line_item VARCHAR, cost_usd DECIMAL(38, 12), source_file VARCHAR)")
+    result = materialize_day(settings, selection=["openai_costs", "anthropic_costs", "other_provider_costs",
+                                                  "cost_reconciliation"])
+    assert result.success
+    assert query(settings, "SELECT * FROM langfuse_generations ORDER BY observation_id") == staged
+    assert query(settings, "SELECT version FROM schema_version") == [(2,)]
+    assert query(settings, "SELECT sum(cost_usd) FROM provider_costs WHERE token_kind = 'output'") == [(usd("1.2"),)]  # openai's 60%

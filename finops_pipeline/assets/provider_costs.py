@@ -19,7 +19,7 @@ from finops_pipeline.sources.provider_billing import (
 )
 from finops_pipeline.warehouse import MONEY, WAREHOUSE_POOL, connect, transaction
 
-_COLUMNS = ["provider", "model", "token_type", "token_kind", "line_item", "cost_usd", "source"]
+_COLUMNS = ["provider", "model", "token_type", "token_kind", "line_item", "project_id", "cost_usd", "source"]
 
 
 def _replace_bill(duckdb: DuckDBResource, day: date, providers: set[str], lines: list[BilledCost]) -> dict[str, float]:
@@ -27,7 +27,8 @@ def _replace_bill(duckdb: DuckDBResource, day: date, providers: set[str], lines:
     one, never half of either. Returns the day's total per provider."""
     # Amounts cross into DuckDB as decimal text, so no float ever touches them.
     frame = pd.DataFrame([[line.provider, line.model, line.token_type, line.token_kind, line.line_item,
-                           str(line.cost_usd), line.source] for line in lines], columns=_COLUMNS, dtype=object)
+                           line.project_id, str(line.cost_usd), line.source] for line in lines],
+                         columns=_COLUMNS, dtype=object)
     with connect(duckdb) as conn:
         conn.register("billed", frame)
         with transaction(conn):

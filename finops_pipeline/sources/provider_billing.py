@@ -44,6 +44,7 @@ class BilledCost:
     line_item: str | None    # OpenAI's line_item, Anthropic's description, the CSV's description
     cost_usd: Decimal
     source: str              # the file (and line), or the request, it came from
+    project_id: str | None = None  # OpenAI's project, Anthropic's workspace
 
 
 # --- OpenAI: GET /v1/organization/costs -------------------------------------------------------------
@@ -131,7 +132,7 @@ def page_lines(provider: str, day: date, where: str, page: CostPage) -> list[Bil
                 _check_amount(provider, day, where, field, result.amount.currency, result.amount.value)
                 model, token_type = openai_line_item(result.line_item)
                 lines.append(BilledCost(provider, model or None, token_type or None, openai_token_kind(token_type),
-                                        result.line_item, result.amount.value, where))
+                                        result.line_item, result.amount.value, where, result.project_id))
         else:
             if bucket.starting_at.astimezone(timezone.utc).date() != day:
                 continue
@@ -140,7 +141,7 @@ def page_lines(provider: str, day: date, where: str, page: CostPage) -> list[Bil
                 _check_amount(provider, day, where, field, result.currency, result.amount)
                 lines.append(BilledCost(provider, result.model, result.token_type,
                                         anthropic_token_kind(result.token_type), result.description,
-                                        result.amount / 100, where))
+                                        result.amount / 100, where, result.workspace_id))
     return lines
 
 
