@@ -5,9 +5,11 @@ from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.assets.allocated_costs import allocated_costs
 from finops_pipeline.assets.cost_reconciliation import cost_reconciliation
-from finops_pipeline.assets.finout_upload import finout_upload
+from finops_pipeline.assets.finout_upload import build_finout_upload
+from finops_pipeline.assets.focus_export import build_focus_export
 from finops_pipeline.assets.langfuse_generations import langfuse_generations
 from finops_pipeline.assets.provider_costs import anthropic_costs, openai_costs, other_provider_costs
+from finops_pipeline.cost_basis import COST_BASIS
 from finops_pipeline.resources import CostApiResource, LangfuseApiResource
 from finops_pipeline.schedules import daily_finops_job, daily_finops_schedule
 from finops_pipeline.settings import FinopsSettings
@@ -26,8 +28,13 @@ def build_resources(settings: FinopsSettings, langfuse: LangfuseApiResource | No
     }
 
 
-ASSETS = [langfuse_generations, allocated_costs, finout_upload, openai_costs, anthropic_costs, other_provider_costs,
-          cost_reconciliation]
+def build_assets(cost_basis: str = COST_BASIS) -> list[dg.AssetsDefinition]:
+    """The graph; the delivery assets depend on the bills under the `invoice` cost basis."""
+    return [langfuse_generations, allocated_costs, openai_costs, anthropic_costs, other_provider_costs,
+            cost_reconciliation, build_finout_upload(cost_basis), build_focus_export(cost_basis)]
+
+
+ASSETS = build_assets()
 
 defs = dg.Definitions(
     assets=ASSETS,

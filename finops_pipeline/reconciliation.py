@@ -21,19 +21,19 @@ import pandas as pd
 from finops_pipeline.warehouse import MONEY
 
 # A model's name as both sides can agree on it: lower case, no provider prefix, no snapshot date.
-_MODEL_KEY = r"""regexp_replace(regexp_replace(lower(trim({0})), '^(openai|anthropic)[/.]', ''),
+MODEL_KEY = r"""regexp_replace(regexp_replace(lower(trim({0})), '^(openai|anthropic)[/.]', ''),
                                 '([-@](\d{{4}}-\d{{2}}-\d{{2}}|\d{{8}}))$', '')"""
 
 PREPARE_SQL = [f"""
 CREATE OR REPLACE TEMP TABLE recon_traced AS
-SELECT provider, model, {_MODEL_KEY.format("model")} AS model_key,
+SELECT provider, model, {MODEL_KEY.format("model")} AS model_key,
        sum(cost_usd) AS cost, sum(unpriced_calls) AS unpriced,
        sum(input_tokens) AS input, sum(cached_tokens) AS cached, sum(cache_write_tokens) AS cache_write,
        sum(output_tokens + reasoning_tokens) AS output
 FROM allocated_costs WHERE day = $day GROUP BY provider, model
 """, f"""
 CREATE OR REPLACE TEMP TABLE recon_billed AS
-SELECT provider, coalesce({_MODEL_KEY.format("model")}, lower(trim(line_item)), 'unspecified') AS model_key,
+SELECT provider, coalesce({MODEL_KEY.format("model")}, lower(trim(line_item)), 'unspecified') AS model_key,
        token_kind, sum(cost_usd) AS cost
 FROM provider_costs WHERE day = $day GROUP BY ALL
 """, f"""

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from finops_pipeline.cost_basis import COST_BASIS
 from finops_pipeline.settings import FinopsSettings
 
 daily_finops_job = dg.define_asset_job(
@@ -18,6 +19,8 @@ daily_finops_job = dg.define_asset_job(
 )
 
 BILLING_ASSETS = ["openai_costs", "anthropic_costs", "other_provider_costs", "cost_reconciliation"]
+# On the invoice basis the delivered files follow the bills, so they are delivered again too.
+SETTLING_ASSETS = BILLING_ASSETS + (["finout_upload", "focus_export"] if COST_BASIS == "invoice" else [])
 
 
 @dg.schedule(
@@ -34,5 +37,5 @@ def daily_finops_schedule(context: dg.ScheduleEvaluationContext, settings: Finop
     for back in range(1, settings.settling_days + 1):
         day = (yesterday - timedelta(days=back)).isoformat()
         yield dg.RunRequest(run_key=f"{day} billing", partition_key=day,
-                            asset_selection=[dg.AssetKey(key) for key in BILLING_ASSETS],
+                            asset_selection=[dg.AssetKey(key) for key in SETTLING_ASSETS],
                             tags={"finops/rerun": "settling bills"})

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 DEFAULT_ALLOCATION_KEYS = ["feature", "customer_id", "team", "environment", "tier"]
 PROVIDERS = ("openai", "anthropic")
@@ -32,10 +32,20 @@ ENV_VARS = {
     "duckdb_memory_limit": "FINOPS_DUCKDB_MEMORY_LIMIT",
     "provider_map": "FINOPS_PROVIDER_MAP",
     "settling_days": "FINOPS_SETTLING_DAYS",
+    "finout_s3_uri": "FINOPS_FINOUT_S3_URI",
+    "finout_object_name": "FINOPS_FINOUT_OBJECT_NAME",
+    "finout_dimensions": "FINOPS_FINOUT_DIMENSIONS",
+    "hashed_dimensions": "FINOPS_HASHED_DIMENSIONS",
+    "focus_dir": "FINOPS_FOCUS_DIR",
+    "focus_s3_uri": "FINOPS_FOCUS_S3_URI",
 }
+LIST_FIELDS = ("allocation_keys", "billed_providers", "finout_dimensions", "hashed_dimensions")
 
 # Columns of the Finout file that are not allocation keys.
 RESERVED_COLUMNS = {"usagedate", "cost", "source", "service_name", "provider", "model"}
+# Dimensions a Finout file may carry besides the allocation keys; nothing else leaves the building.
+FIXED_DIMENSIONS = ("source", "service_name", "provider", "model")
+_S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _PROVIDER = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 
@@ -46,7 +56,23 @@ class FinopsSettings(dg.ConfigurableResource):
     home: str = Field(description="Project data directory: DuckDB file, Dagster instance, inputs, outputs.")
     langfuse_export_dir: str = Field(description="Langfuse blob-export folder ({projectId}/observations_v2/...).")
     billing_dir: str = Field(description="Provider bills: openai/DAY/*.json, anthropic/DAY/*.json, other/*.csv.")
-    finout_dir: str = Field(description="Where the daily Finout custom-cost CSVs are delivered.")
+    finout_dir: str = Field(description="Where the daily Finout custom-cost CSVs are written (and kept).")
+    finout_s3_uri: str | None = Field(
+        default=None, pattern=_S3_URI,
+        description="s3://bucket/prefix Finout reads; each day's file is also put there, replacing the day's object.")
+    finout_object_name: str = Field(
+        default="llm-costs-{day}.csv",
+        description="The day's file and object name under the folder or prefix: {day} (YYYY-MM-DD), {year}, {month}.")
+    finout_dimensions: list[str] | None = Field(
+        default=None,
+        description="Finout columns after UsageDate and Cost: allocation keys and source, service_name, provider, "
+                    "model. Default: source, service_name, the allocation keys, provider, model.")
+    hashed_dimensions: list[str] = Field(
+        default=[], description="Dimensions delivered as salted hashes (e.g. customer_id, user_id), with FINOPS_HASH_SALT.")
+    hash_salt: str | None = Field(default=None, description="Secret salt of the hashed dimensions (FINOPS_HASH_SALT).")
+    focus_dir: str = Field(description="Where the daily FOCUS 1.2 files are written.")
+    focus_s3_uri: str | None = Field(
+        default=None, pattern=_S3_URI, description="s3://bucket/prefix the FOCUS files are also put to.")
     allocation_keys: list[str] = Field(
         default=DEFAULT_ALLOCATION_KEYS,
         description="Allocation vocabulary: metadata key, else `key:value` tag, else first-class field.",
@@ -111,6 +137,37 @@ class FinopsSettings(dg.ConfigurableResource):
             raise ValueError(f"provider map entries must be `pattern=provider` with a lower-case provider name, got {bad}")
         return mapping
 
+    @field_validator("finout_object_name")
+    @classmethod
+    def _one_object_per_day(cls, name: str) -> str:
+        if "{day}" not in name:
+            raise ValueError(f"the Finout object name must contain {{day}}, or every day overwrites one object: {name!r}")
+        try:
+            name.format(day="2026-01-01", year="2026", month="01")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"the Finout object name may use {{day}}, {{year}}, {{month}} only: {name!r} ({exc})") from None
+        return name
+
+    @model_validator(mode="after")
+    def _dimensions_are_vocabulary(self) -> FinopsSettings:
+        allowed = set(self.allocation_keys) | set(FIXED_DIMENSIONS)
+        unknown = [d for d in self.dimensions if d not in allowed]
+        if unknown or len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError(f"Finout dimensions must be allocation keys or {list(FIXED_DIMENSIONS)}, without repeats; "
+                             f"got {self.dimensions}")
+        not_delivered = [d for d in self.hashed_dimensions if d not in self.dimensions or d in FIXED_DIMENSIONS]
+        if not_delivered:
+            raise ValueError(f"hashed dimensions must be delivered allocation keys, got {not_delivered}")
+        if self.hashed_dimensions and not self.hash_salt:
+            raise ValueError("hashed dimensions need a secret salt in FINOPS_HASH_SALT: unsalted hashes of "
+                             "identifiers can be reversed by hashing guesses")
+        return self
+
+    @property
+    def dimensions(self) -> list[str]:
+        """The Finout columns after UsageDate and Cost, in order."""
+        return self.finout_dimensions or ["source", "service_name", *self.allocation_keys, "provider", "model"]
+
     @property
     def duckdb_path(self) -> Path:
         return Path(self.home) / "finops.duckdb"
@@ -124,12 +181,15 @@ class FinopsSettings(dg.ConfigurableResource):
             "langfuse_export_dir": str(home / "langfuse-export"),
             "billing_dir": str(home / "billing"),
             "finout_dir": str(home / "finout"),
+            "focus_dir": str(home / "focus"),
         }
+        if env.get("FINOPS_HASH_SALT"):  # a secret: an EnvVar, resolved at run time, never shown
+            values["hash_salt"] = dg.EnvVar("FINOPS_HASH_SALT")
         for field, var in ENV_VARS.items():
             raw = env.get(var)
             if not raw or field == "home":
                 continue
-            if field in ("allocation_keys", "billed_providers"):
+            if field in LIST_FIELDS:
                 values[field] = [part.strip() for part in raw.split(",") if part.strip()]
             elif field == "provider_map":  # "pattern=provider,pattern=provider"
                 pairs = [part.partition("=") for part in raw.split(",") if part.strip()]

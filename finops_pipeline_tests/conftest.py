@@ -10,7 +10,7 @@ import duckdb
 import pytest
 import time_machine
 
-from finops_pipeline.definitions import ASSETS, build_resources
+from finops_pipeline.definitions import build_assets, build_resources
 from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline.settings import FinopsSettings
 
@@ -30,14 +30,15 @@ def settled():
 
 
 def materialize_day(settings: FinopsSettings, day: date = DAY, selection=None, langfuse=None, instance=None,
-                    openai=None, anthropic=None, **overrides) -> dg.ExecuteInProcessResult:
+                    openai=None, anthropic=None, cost_basis: str = "langfuse", **overrides) -> dg.ExecuteInProcessResult:
     """Materialise `day` of the whole graph (or `selection`) the way a Dagster run does; from the
     Langfuse API when `langfuse` (a LangfuseApiResource) is given, else from the export folder; the
-    bills from the cost APIs in `openai` / `anthropic` (CostApiResource), else from the billing folder."""
+    bills from the cost APIs in `openai` / `anthropic` (CostApiResource), else from the billing folder;
+    delivered on `cost_basis`."""
     if overrides:
         settings = replace_settings(settings, **overrides)
     return dg.materialize(
-        ASSETS, selection=selection, partition_key=day.isoformat(),
+        build_assets(cost_basis), selection=selection, partition_key=day.isoformat(),
         resources=build_resources(settings, langfuse, openai, anthropic),
         instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False,
     )

@@ -8,7 +8,7 @@ from finops_pipeline.definitions import defs
 from finops_pipeline.schedules import daily_finops_schedule
 
 EXPECTED_ASSETS = {"langfuse_generations", "allocated_costs", "finout_upload", "openai_costs", "anthropic_costs",
-                   "other_provider_costs", "cost_reconciliation"}
+                   "other_provider_costs", "cost_reconciliation", "focus_export"}
 
 
 def test_dagster_definitions_validate(tmp_path):

@@ -49,6 +49,7 @@ def test_demo_week_reconciles_with_exactly_the_overbilled_day_failing(tmp_path):
     allocated = dict(query(settings, "SELECT day, sum(cost_usd) FROM allocated_costs GROUP BY 1"))
     assert staged == allocated and set(staged) == set(days)
     assert sorted(p.name for p in (home / "finout").iterdir()) == [file_name(d) for d in days]
+    assert sorted(p.name for p in (home / "focus").iterdir()) == [f"focus-{d}.csv" for d in days]
     for day in days:
         [(delivered,)] = query(settings, "SELECT sum(Cost::DECIMAL(38,12)) FROM read_csv(?, header=true, all_varchar=true)",
                                [str(home / "finout" / file_name(day))])

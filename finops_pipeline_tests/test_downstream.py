@@ -75,7 +75,8 @@ def test_finout_file_has_the_documented_columns_and_survives_a_csv_round_trip(se
     by_provider = {r["provider"]: r for r in rows}
     assert set(by_provider) == {"openai", "anthropic"}  # the unpriced call carries no cost: no row
     odd = by_provider["anthropic"]
-    assert (odd["feature"], odd["team"], odd["customer_id"]) == ("=cmd|' /C calc'!A0", "eng, \"core\"", "zürich")
+    # a leading = is neutralised for spreadsheets (the apostrophe says "text"); quotes, commas, UTF-8 survive
+    assert (odd["feature"], odd["team"], odd["customer_id"]) == ("'=cmd|' /C calc'!A0", "eng, \"core\"", "zürich")
     assert odd["service_name"] == odd["feature"] and odd["source"] == "langfuse" and odd["UsageDate"] == "2026-11-21"
     assert by_provider["openai"]["tier"] == "unallocated"
 

@@ -64,6 +64,8 @@ def print_summary(conn: duckdb.DuckDBPyConnection, days: list[date], checks: dic
             print(f"  {value:<24}{cost:>12,.2f}  {100 * cost / total:5.1f}%")
     print(f"\nNot in the totals: {unpriced:,} generations of models with no price (see the unpriced check); "
           f"{quarantined} malformed rows quarantined (table `quarantine`).")
-    print(f"\nFinout files: {Path(settings.finout_dir) / file_name(days[0]).replace(days[0].isoformat(), '*')}")
+    print(f"\nFinout files: {Path(settings.finout_dir) / file_name(days[0], settings.finout_object_name).replace(days[0].isoformat(), '*')}"
+          + (f" (and {settings.finout_s3_uri})" if settings.finout_s3_uri else ""))
+    print(f"FOCUS files:  {Path(settings.focus_dir)}/focus-*.csv")
     print(f"Warehouse:    {settings.duckdb_path}  (tables langfuse_generations, allocated_costs, provider_costs, "
           "cost_reconciliation, quarantine)")

@@ -1,0 +1,38 @@
+"""focus_export: the day's cost as a FOCUS 1.2 file, for Finout's FOCUS intake or any other FinOps tool."""
+
+from pathlib import Path
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from finops_pipeline.assets.finout_upload import deliver_day, delivery_asset_args
+from finops_pipeline.destinations.focus import focus_rows_sql
+from finops_pipeline.partitions import partition_day
+from finops_pipeline.settings import FinopsSettings
+
+FOCUS_CHECK = "focus_cost_conserved"
+
+
+def build_focus_export(basis: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="focus_export",
+        kinds={"focus", "csv", "s3"},
+        **delivery_asset_args(basis),
+        description=(
+            f"The day's LLM cost on the `{basis}` cost basis as a FOCUS 1.2 CSV (`$FINOPS_FOCUS_DIR/focus-YYYY-MM-DD.csv`, "
+            "and S3 with FINOPS_FOCUS_S3_URI): every mandatory column, ServiceCategory 'AI and Machine Learning', "
+            "ChargeCategory 'Usage', tokens as ConsumedQuantity, the allocation keys in Tags, model and feature as "
+            "x_ columns."
+        ),
+        check_specs=[dg.AssetCheckSpec(
+            FOCUS_CHECK, asset="focus_export",
+            description=f"The file's BilledCost sums to the day's cost on the {basis} basis, exactly.")],
+    )
+    def focus_export(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
+                     settings: FinopsSettings) -> dg.MaterializeResult:
+        day = partition_day(context)
+        return deliver_day(context, duckdb, settings, basis,
+                           focus_rows_sql(settings.allocation_keys, settings.hashed_dimensions), "BilledCost",
+                           Path(settings.focus_dir), f"focus-{day.isoformat()}.csv", settings.focus_s3_uri, FOCUS_CHECK)
+
+    return focus_export
