@@ -11,7 +11,8 @@ from finops_pipeline.assets.langfuse_generations import langfuse_generations
 from finops_pipeline.assets.provider_costs import anthropic_costs, openai_costs, other_provider_costs
 from finops_pipeline.cost_basis import COST_BASIS
 from finops_pipeline.resources import CostApiResource, LangfuseApiResource
-from finops_pipeline.schedules import daily_finops_job, daily_finops_schedule
+from finops_pipeline.alerts import check_failure_alerts
+from finops_pipeline.schedules import daily_finops_job, daily_finops_schedule, freshness_checks, freshness_sensor
 from finops_pipeline.settings import FinopsSettings
 
 
@@ -38,8 +39,13 @@ ASSETS = build_assets()
 
 defs = dg.Definitions(
     assets=ASSETS,
+    asset_checks=freshness_checks,
+    # A run's steps run one after another in its process: they share the warehouse pool anyway, and a
+    # process per step would cost more than the steps of a day.
+    executor=dg.in_process_executor,
     jobs=[daily_finops_job],
     schedules=[daily_finops_schedule],
+    sensors=[check_failure_alerts, freshness_sensor],
     resources=build_resources(FinopsSettings.from_env(), LangfuseApiResource.from_env(),
                               CostApiResource.from_env("openai"), CostApiResource.from_env("anthropic")),
 )

@@ -38,6 +38,8 @@ ENV_VARS = {
     "hashed_dimensions": "FINOPS_HASHED_DIMENSIONS",
     "focus_dir": "FINOPS_FOCUS_DIR",
     "focus_s3_uri": "FINOPS_FOCUS_S3_URI",
+    "lookback_days": "FINOPS_LOOKBACK_DAYS",
+    "dagster_url": "FINOPS_DAGSTER_URL",
 }
 LIST_FIELDS = ("allocation_keys", "billed_providers", "finout_dimensions", "hashed_dimensions")
 
@@ -90,6 +92,12 @@ class FinopsSettings(dg.ConfigurableResource):
         description="Days after a day ends during which providers may still revise its bill: until then the day "
                     "is provisional and its reconciliation warns at most.",
     )
+    lookback_days: int = Field(
+        default=3, ge=0, le=60,
+        description="Days before yesterday the daily schedule runs again, for late Langfuse data and revised bills.")
+    alert_webhook_url: str | None = Field(
+        default=None, description="Slack-compatible webhook for failed checks (FINOPS_ALERT_WEBHOOK_URL); unset: the log.")
+    dagster_url: str = Field(default="http://localhost:3000", description="The Dagster UI's address, for links in alerts.")
     reconciliation_error_pct: float = Field(default=5.0, gt=0, description="|gap| % of the bill that fails (ERROR).")
     reconciliation_warn_pct: float = Field(default=2.0, ge=0, description="|gap| % of the bill that warns.")
     unallocated_warn_share_pct: float = Field(
@@ -183,8 +191,11 @@ class FinopsSettings(dg.ConfigurableResource):
             "finout_dir": str(home / "finout"),
             "focus_dir": str(home / "focus"),
         }
-        if env.get("FINOPS_HASH_SALT"):  # a secret: an EnvVar, resolved at run time, never shown
+        # Secrets are EnvVars: resolved at run time, never shown in the UI, config or logs.
+        if env.get("FINOPS_HASH_SALT"):
             values["hash_salt"] = dg.EnvVar("FINOPS_HASH_SALT")
+        if env.get("FINOPS_ALERT_WEBHOOK_URL"):  # a Slack webhook URL is a credential
+            values["alert_webhook_url"] = dg.EnvVar("FINOPS_ALERT_WEBHOOK_URL")
         for field, var in ENV_VARS.items():
             raw = env.get(var)
             if not raw or field == "home":

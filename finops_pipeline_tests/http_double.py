@@ -14,7 +14,7 @@ DROP = -1  # a status that means: close the connection without an answer
 
 class HttpDouble:
     """Subclasses answer `respond(path, query, headers) -> (status, headers, body)`; `query` maps each
-    parameter to its list of values."""
+    parameter to its list of values, and a POST's body is `query["body"]`."""
 
     def __init__(self):
         self.requests: list[tuple[str, dict]] = []           # (path, query with each parameter's last value)
@@ -72,10 +72,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet
         pass
 
-    def do_GET(self) -> None:
+    def do_POST(self) -> None:
+        self.do_GET(body=self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+    def do_GET(self, body: bytes | None = None) -> None:
         arrived = time.monotonic()
         url = urlsplit(self.path)
         query = parse_qs(url.query)
+        if body is not None:
+            query["body"] = [body.decode()]
         double = self.double
         with double._lock:
             double.requests.append((url.path, {k: v[-1] for k, v in query.items()}))

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import dagster as dg
+
 from finops_pipeline.definitions import defs
 from finops_pipeline.schedules import daily_finops_schedule
 
@@ -44,3 +46,11 @@ def test_schedule_runs_daily_at_two_utc():
     assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone == "UTC"
     assert schedule.job_name == "daily_finops_job"
     # what each tick launches: test_reconciliation.py::test_the_daily_tick_re_runs_the_bills_of_the_settling_days
+
+
+def test_alerts_and_freshness_run_by_default():
+    sensors = {s.name: s for s in defs.sensors}
+    assert set(sensors) == {"check_failure_alerts", "freshness_checks_sensor"}
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
+    [check] = [k for c in defs.asset_checks for k in c.check_keys]
+    assert (check.asset_key.to_user_string(), check.name) == ("finout_upload", "freshness_check")

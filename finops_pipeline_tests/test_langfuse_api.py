@@ -140,13 +140,13 @@ def test_transient_failures_are_retried_and_lose_nothing(settings, double, fault
 
 def test_all_windows_share_one_rate_limit_and_a_429_holds_them_all(settings, double):
     double.fail("429", times=1, retry_after=2)
-    langfuse = langfuse_for(double, windows=4, concurrency=4, requests_per_minute=600)  # one request per 100 ms
+    langfuse = langfuse_for(double, windows=4, concurrency=4, requests_per_minute=240)  # one request per 250 ms
     result = materialize_day(settings, selection=["langfuse_generations"], langfuse=langfuse)
     assert result.success
     times = sorted(t for t, path, _ in double.arrivals if path == "/api/public/v2/observations")
     assert len(times) == 5  # a page per window, one of them asked twice
-    # four windows, yet never two at once (the server sees them within a few ms of when they were sent)
-    assert min(b - a for a, b in zip(times, times[1:])) >= 0.05
+    # four windows, yet never two at once (on a busy machine the server may see one up to 125 ms late)
+    assert min(b - a for a, b in zip(times, times[1:])) >= 0.125
     [rate_limited] = [t for t, _, status in double.arrivals if status == 429]
     after = [t for t in times if t > rate_limited]
     assert after and after[0] - rate_limited >= 1.9  # no window asked again before Retry-After had passed

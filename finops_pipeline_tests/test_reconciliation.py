@@ -6,11 +6,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import time_machine
 
-from finops_pipeline.definitions import defs
-from finops_pipeline.schedules import BILLING_ASSETS, daily_finops_schedule
 from finops_pipeline_tests.conftest import (
     DAY,
     check_evaluation,
@@ -19,7 +16,6 @@ from finops_pipeline_tests.conftest import (
     materialization_metadata,
     materialize_day,
     query,
-    replace_settings,
     usd,
     write_openai_bill,
 )
@@ -119,29 +115,13 @@ def test_a_day_is_provisional_until_its_bills_settle_then_errors(settings):
     assert "gap +41.50 USD (+99.9%) ERROR" in evaluation.description  # the level it would have once final
     assert set(query(settings, "SELECT DISTINCT final FROM cost_reconciliation")) == {(False,)}
 
-    # The schedule re-runs the bills and reconciliation while the day settles; once it has, ERROR.
+    # The schedule runs the day again while it settles; once it has, ERROR.
     with time_machine.travel(datetime(2026, 11, 24, 2, tzinfo=timezone.utc), tick=True):
-        result = materialize_day(settings, selection=BILLING_ASSETS, billed_providers=["openai"])
+        result = materialize_day(settings, billed_providers=["openai"])
     evaluation = check_evaluation(result, GAP_CHECK)
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
     assert not evaluation.description.startswith("Provisional")
     assert set(query(settings, "SELECT DISTINCT final FROM cost_reconciliation")) == {(True,)}
-
-
-@pytest.mark.parametrize(("settling_days", "expected"), [
-    (2, ["2026-11-21", "2026-11-20 billing", "2026-11-19 billing"]),
-    (0, ["2026-11-21"]),
-])
-def test_the_daily_tick_re_runs_the_bills_of_the_settling_days(settings, settling_days, expected):
-    context = dg.build_schedule_context(
-        scheduled_execution_time=datetime(2026, 11, 22, 2, tzinfo=timezone.utc), repository_def=defs.get_repository_def(),
-        resources={"settings": replace_settings(settings, settling_days=settling_days)})
-    requests = list(daily_finops_schedule.evaluate_tick(context).run_requests)
-    assert [r.run_key for r in requests] == expected
-    assert requests[0].asset_selection is None  # yesterday: the whole graph
-    for request in requests[1:]:
-        assert request.partition_key == request.run_key.split()[0]
-        assert {k.to_user_string() for k in request.asset_selection} == set(BILLING_ASSETS)
 
 
 def test_traced_kinds_sum_to_the_model(settings, settled):

@@ -1,0 +1,151 @@
+"""The way operators run it: a real `dagster dev` (webserver and daemon) on loopback, with the instance of
+dagster.yaml, a 30-day backfill launched as the UI launches it (GraphQL `launchPartitionBackfill`), and
+Langfuse and the providers' cost APIs as HTTP doubles."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import httpx
+import pytest
+
+from finops_pipeline_tests.billing_double import ANTHROPIC_KEY, OPENAI_KEY, BillingDouble, anthropic_result
+from finops_pipeline_tests.langfuse_double import LangfuseDouble, api_row
+
+REPO = Path(__file__).resolve().parent.parent
+DAYS = [date(2026, 10, 23) + timedelta(days=n) for n in range(30)]
+ASSETS = ["langfuse_generations", "allocated_costs", "openai_costs", "anthropic_costs", "other_provider_costs",
+          "cost_reconciliation", "finout_upload", "focus_export"]
+CHECKS = {"unallocated_cost_share", "unpriced_generations", "extraction_complete", "cost_conserved",
+          "billed_vs_traced_gap", "delivered_cost_conserved", "focus_cost_conserved"}
+LAUNCH = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  __typename ... on PartitionBackfill { status numPartitions } ... on PythonError { message } } }"""
+
+
+def traces_and_bills() -> tuple[list[dict], dict, dict]:
+    """Each day: 6 gpt-4o-mini calls at $0.01 and 4 Claude calls at $0.02, billed exactly."""
+    rows, openai, anthropic = [], {}, {}
+    for day in DAYS:
+        for n in range(10):
+            model, cost = ("gpt-4o-mini-2024-07-18", 0.01) if n < 6 else ("claude-sonnet-4-20250514", 0.02)
+            rows.append(api_row(f"{day}-{n}", f"{day}T{2 * n:02d}:15:00.000Z", model=model, cost=cost))
+        openai[day] = {"gpt-4o-mini-2024-07-18, input": "0.06"}
+        anthropic[day] = [anthropic_result("claude-sonnet-4-20250514", "uncached_input_tokens", "8")]
+    return rows, openai, anthropic
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dagster_dev(tmp_path):
+    rows, openai, anthropic = traces_and_bills()
+    home, dagster_home = tmp_path / "finops", tmp_path / "dagster"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    with LangfuseDouble(rows) as langfuse, BillingDouble(openai, anthropic, page_size=5) as bills:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FINOPS_", "LANGFUSE_", "OPENAI_", "ANTHROPIC_"))}
+        env.update({
+            "FINOPS_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
+            "LANGFUSE_BASE_URL": langfuse.url, "LANGFUSE_PUBLIC_KEY": langfuse.public_key,
+            "LANGFUSE_SECRET_KEY": langfuse.secret_key, "FINOPS_LANGFUSE_REQUESTS_PER_MINUTE": "0",
+            "OPENAI_BASE_URL": bills.openai_url(), "OPENAI_ADMIN_KEY": OPENAI_KEY,
+            "ANTHROPIC_BASE_URL": bills.url, "ANTHROPIC_ADMIN_KEY": ANTHROPIC_KEY,
+        })
+        log = open(tmp_path / "dagster-dev.log", "w")
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster"), "dev", "-m", "finops_pipeline.definitions",
+             "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                assert process.poll() is None, (tmp_path / "dagster-dev.log").read_text()[-3000:]
+                try:
+                    if httpx.get(f"{url}/server_info", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "dagster dev did not start in 3 minutes"
+                time.sleep(1)
+            yield url, home, dagster_home, langfuse, bills
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.close()
+
+
+def graphql(url: str, query: str, variables: dict) -> dict:
+    response = httpx.post(f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60)
+    response.raise_for_status()
+    body = response.json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def test_a_30_day_backfill_from_the_ui_materialises_every_day_with_every_check(dagster_dev):
+    url, home, dagster_home, langfuse, bills = dagster_dev
+    launched = graphql(url, LAUNCH, {"p": {"assetSelection": [{"path": [a]} for a in ASSETS],
+                                           "partitionNames": [d.isoformat() for d in DAYS], "fromFailure": False}})
+    assert launched["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["launchPartitionBackfill"]["backfillId"]
+
+    deadline = time.monotonic() + 480
+    while True:
+        status = graphql(url, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if status.get("status") not in ("REQUESTED", "CANCELING", "FAILING"):
+            break
+        assert time.monotonic() < deadline, f"backfill still {status} after 8 minutes"
+        time.sleep(3)
+    assert status == {"__typename": "PartitionBackfill", "status": "COMPLETED_SUCCESS", "numPartitions": 30}
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+    assert len(runs) == 30 and {r.dagster_run.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+    assert sorted(r.dagster_run.tags["dagster/partition"] for r in runs) == [d.isoformat() for d in DAYS]
+    # Runs may overlap (dagster.yaml allows 4 at once), but their warehouse steps took turns: every step of
+    # the graph is in the `duckdb` pool of one slot, so no two steps of any runs ever ran at the same time.
+    steps: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        for record in instance.get_records_for_run(
+                run.dagster_run.run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}).records:
+            if record.event_log_entry.step_key in ASSETS:  # the warehouse steps (not the freshness check's)
+                steps.setdefault((run.dagster_run.run_id, record.event_log_entry.step_key), []).append(
+                    record.event_log_entry.timestamp)
+    spans = sorted(tuple(times) for times in steps.values())
+    assert len(spans) == 30 * len(ASSETS) and all(len(span) == 2 for span in spans)
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))
+    for run in runs:
+        evaluated = {r.event_log_entry.dagster_event.event_specific_data.check_name
+                     for r in instance.get_records_for_run(run.dagster_run.run_id,
+                                                           of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records}
+        # the freshness check of finout_upload runs with the day it watches
+        assert CHECKS <= evaluated <= CHECKS | {"freshness_check"}, run.dagster_run.tags["dagster/partition"]
+
+    with duckdb.connect(str(home / "finops.duckdb"), read_only=True) as conn:
+        for table in ("langfuse_generations", "allocated_costs", "provider_costs", "cost_reconciliation"):
+            assert conn.execute(f"SELECT count(DISTINCT day) FROM {table}").fetchone()[0] == 30, table
+        assert conn.execute("SELECT count(*), sum(cost_usd) FROM langfuse_generations").fetchone() == (
+            300, conn.execute("SELECT sum(cost_usd) FROM provider_costs").fetchone()[0])
+    assert len(list((home / "finout").glob("llm-costs-*.csv"))) == 30
+    assert len(list((home / "focus").glob("focus-*.csv"))) == 30
+    assert langfuse.contract_errors == [] and bills.contract_errors == []
