@@ -3,6 +3,7 @@ arrived, faults queued by a test, and contract errors (responses that broke the 
 
 from __future__ import annotations
 
+import abc
 import json
 import threading
 import time
@@ -12,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 DROP = -1  # a status that means: close the connection without an answer
 
 
-class HttpDouble:
+class HttpDouble(abc.ABC):
     """Subclasses answer `respond(path, query, headers) -> (status, headers, body)`; `query` maps each
     parameter to its list of values, and a POST's body is `query["body"]`."""
 
@@ -23,8 +24,9 @@ class HttpDouble:
         self._faults: list[dict] = []
         self._lock = threading.Lock()
 
+    @abc.abstractmethod
     def respond(self, path: str, query: dict[str, list[str]], headers) -> tuple[int, dict, bytes]:
-        raise NotImplementedError
+        """The answer to one request: (status, headers, body), or (DROP, {}, b"") for none."""
 
     def fail(self, kind: str, times: int = 1, **options) -> None:
         """The next `times` requests that take faults fail with `kind` (see the subclass's doc)."""

@@ -1,6 +1,7 @@
 """openai_costs, anthropic_costs, other_provider_costs: what each provider billed for the day, into `provider_costs`."""
 
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -22,9 +23,10 @@ from finops_pipeline.warehouse import MONEY, WAREHOUSE_POOL, connect, transactio
 _COLUMNS = ["provider", "model", "token_type", "token_kind", "line_item", "project_id", "cost_usd", "source"]
 
 
-def _replace_bill(duckdb: DuckDBResource, day: date, providers: set[str], lines: list[BilledCost]) -> dict[str, float]:
-    """Replace the day's lines of `providers` in one transaction: the table holds the old bill or the new
-    one, never half of either. Returns the day's total per provider."""
+def _replace_bill(duckdb: DuckDBResource, day: date, lines: list[BilledCost], replaced: str, provider_param) -> dict:
+    """Replace the day's lines of the providers that `replaced` (a condition on `provider` and `$p`) selects,
+    in one transaction: the table holds the old bill or the new one, never half of either. Returns the new
+    bill's total per provider."""
     # Amounts cross into DuckDB as decimal text, so no float ever touches them.
     frame = pd.DataFrame([[line.provider, line.model, line.token_type, line.token_kind, line.line_item,
                            line.project_id, str(line.cost_usd), line.source] for line in lines],
@@ -32,13 +34,14 @@ def _replace_bill(duckdb: DuckDBResource, day: date, providers: set[str], lines:
     with connect(duckdb) as conn:
         conn.register("billed", frame)
         with transaction(conn):
-            conn.execute("DELETE FROM provider_costs WHERE day = ? AND list_contains(?, provider)", [day, sorted(providers)])
+            conn.execute(f"DELETE FROM provider_costs WHERE day = $day AND {replaced}", {"day": day, "p": provider_param})
             conn.execute(f"""
                 INSERT INTO provider_costs BY NAME
                 SELECT ?::DATE AS day, * REPLACE (cost_usd::VARCHAR::{MONEY} AS cost_usd) FROM billed""", [day])
-        return {p: float(c) for p, c in conn.execute("""
-            SELECT provider, sum(cost_usd) FROM provider_costs WHERE day = ? AND list_contains(?, provider)
-            GROUP BY 1 ORDER BY 1""", [day, sorted(providers)]).fetchall()}
+    totals: dict[str, Decimal] = {}
+    for line in lines:
+        totals[line.provider] = totals.get(line.provider, Decimal(0)) + line.cost_usd
+    return {provider: float(total) for provider, total in sorted(totals.items())}
 
 
 def _provider_cost_asset(provider: str, api: str) -> dg.AssetsDefinition:
@@ -82,7 +85,7 @@ def _provider_cost_asset(provider: str, api: str) -> dg.AssetsDefinition:
             except BillingError as exc:
                 raise dg.Failure(str(exc)) from None
             metadata["source"] = "billing files"
-        totals = _replace_bill(context.resources.duckdb, day, {provider}, lines)
+        totals = _replace_bill(context.resources.duckdb, day, lines, "provider = $p", provider)
         return dg.MaterializeResult(metadata={"dagster/row_count": len(lines),
                                               "billed_cost_usd": totals.get(provider, 0.0), **metadata})
 
@@ -112,13 +115,8 @@ def other_provider_costs(context: dg.AssetExecutionContext, duckdb: DuckDBResour
         lines = read_other_costs(billing_dir, day, excluded=set(settings.billed_providers))
     except BillingError as exc:
         raise dg.Failure(str(exc)) from None
-    # Every provider this asset ever wrote for the day is replaced, so a line removed from the CSV goes too.
-    with connect(duckdb) as conn:
-        before = {p for (p,) in conn.execute(
-            "SELECT DISTINCT provider FROM provider_costs WHERE day = ? AND NOT list_contains(?, provider)",
-            [day, settings.billed_providers]).fetchall()}
-    providers = before | {line.provider for line in lines}
-    totals = _replace_bill(duckdb, day, providers, lines)
+    # Every provider not billed from its own API is replaced, so a line removed from the CSV goes too.
+    totals = _replace_bill(duckdb, day, lines, "NOT list_contains($p::VARCHAR[], provider)", settings.billed_providers)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(lines),
         "billed_cost_usd": sum(totals.values()),
