@@ -84,7 +84,7 @@ def prepare_day(conn: duckdb.DuckDBPyConnection, day: date, provider_map: dict[s
 def generations_sql(allocation_keys: list[str]) -> str:
     """The day's rows of `langfuse_generations` (parameter `$day`), from `scratch.observations`."""
     return f"""
-        WITH valid AS (
+        WITH valid AS NOT MATERIALIZED (  -- read twice, but materialising a day of rows costs more
             SELECT * FROM scratch.observations
             WHERE reason IS NULL AND (type = 'GENERATION' OR langfuse_cost IS NOT NULL OR total_tokens > 0)
         ),

@@ -235,3 +235,26 @@ def test_rows_after_a_blank_line_are_quarantined_with_their_physical_line(settin
         (str(path), 3, "no-time", "missing start_time"),
         (str(path), 5, "negative", "negative total_cost: -1"),
     ]
+
+
+def test_parquet_from_another_writer_json_text_columns_and_absent_ones(settings):
+    """Langfuse writes maps as Parquet MAPs; a file whose usage and metadata are JSON text, with no
+    cost_details column and a DOUBLE total_cost, stages the same way."""
+    import duckdb
+
+    cover_day(settings)
+    start, _ = day_window()
+    path = write_export_file(export_dir(settings), start + timedelta(hours=6), start + timedelta(hours=7), [],
+                             ext="parquet")
+    with duckdb.connect() as conn:
+        conn.execute(f"""COPY (SELECT * FROM (VALUES
+            ('j1', '2026-11-21 06:10:00', 'gpt-4o', '{{"input": 100, "input_cached_tokens": 40, "output": "7"}}',
+             '{{"feature": "search", "team": 5}}', 0.25::DOUBLE),
+            ('j2', '2026-11-21 06:20:00', 'gpt-4o', 'not json', '{{}}', 0.5::DOUBLE))
+            t(id, start_time, provided_model_name, usage_details, metadata, total_cost)) TO '{path}' (FORMAT parquet)""")
+    assert materialize_day(settings, selection=STAGE).success
+    assert query(settings, """SELECT observation_id, input_tokens, cached_tokens, output_tokens, cost_usd,
+                                     allocation['feature'], allocation['team'] FROM langfuse_generations""") == [
+        ("j1", 100, 40, 7, usd("0.25"), "search", "5")]
+    assert query(settings, "SELECT file, line, reason FROM quarantine") == [
+        (str(path), 2, "usage_details is not an object: \"not json\"")]
