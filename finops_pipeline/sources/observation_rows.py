@@ -2,13 +2,14 @@
 carrying the reason it is quarantined. Two sources, one set of rules: export files (`read_observations`)
 and pages of the v2 API (`ApiPageLoader`).
 
-Each file is one statement, so one broken file costs only itself, and files are read concurrently, one
-per DuckDB thread (a gzip stream is decompressed by one thread). A JSONL file is first read the fast
-way, by DuckDB's JSON reader; that reader stops at the first line that is not a JSON object and cannot
-number lines (it skips blank ones), so a file where it fails, or that holds any row to quarantine, is
-read again line by line: every row of it then has its exact line number. Parquet has row numbers and
-typed columns, so it needs no second way. CSV (objects and arrays as JSON text in cells) and JSON-array
-files are always read line by line.
+All JSONL files of the day are read in one statement, by DuckDB's JSON reader, on all its threads (a
+gzip stream is inflated by one thread, so a thread a file); all Parquet files in another, straight from
+their typed columns. A statement adds all its rows or none: when one file breaks it (DuckDB's JSON
+reader stops at the first line that is not a JSON object), each file is read on its own, so a broken
+file costs only itself. That reader cannot number lines (it skips blank ones), so a JSONL file where it
+fails, or that holds any row to quarantine, is read again line by line: every row of it then has its
+exact line number. Parquet has row numbers, so it needs no second way. CSV (objects and arrays as JSON
+text in cells) and JSON-array files are always read line by line, a file per statement, concurrently.
 
 An API page is parsed by DuckDB too, straight from the response body: each row keeps its position in
 the page as its line number.
@@ -33,9 +34,8 @@ from pathlib import Path
 import duckdb
 
 from finops_pipeline.sources.langfuse_api import MalformedPage, Window
-from finops_pipeline.sources.gzip_pipes import InflateError, gzip_pipes
 from finops_pipeline.sources.langfuse_export import ExportFile
-from finops_pipeline.warehouse import MONEY, transaction
+from finops_pipeline.warehouse import MONEY
 
 # The export columns cost allocation needs. Nested values are read as JSON text, parsed further only
 # for the parts used, so validation can name exactly what is wrong. `input`/`output` are never named.
@@ -191,7 +191,7 @@ def _from_text(lines_sql: str, decode_nested: bool, names: dict[str, str | None]
 
 
 # Every JSONL file of the day in one statement: DuckDB reads them on all its threads, one file per thread.
-# `$files` are the paths DuckDB reads (gzip_pipes for .gz), `$ranks` the files' ranks.
+# `$files` are their paths, `$ranks` their ranks.
 _FAST_JSONL = ("SELECT s.file_rank, NULL::BIGINT AS line, true AS is_object, " + ", ".join(f"r.{n}" for n in RAW_COLUMNS)
                + f" FROM read_json($files, format='newline_delimited', records=true, filename=true, columns={RAW_COLUMNS!r})"
                " r JOIN (SELECT unnest($files) AS filename, unnest($ranks) AS file_rank) s USING (filename)")
@@ -400,25 +400,13 @@ def _each_file(conn: duckdb.DuckDBPyConnection, ranks, read) -> list[Rejected]:
 def _read_fast(conn: duckdb.DuckDBPyConnection, fmt: str, paths: dict[int, Path], metadata_keys: list[str]) -> bool:
     """The files `paths` (rank -> path; all JSONL or all Parquet) in one statement; False, having added
     nothing, if one of them cannot be read that way."""
-    gzipped = [path for path in paths.values() if path.name.endswith(".gz")]
+    params = {"files": [str(path) for path in paths.values()], "ranks": list(paths), "unit": "line"}
     try:
-        with gzip_pipes(gzipped) as pipes, transaction(conn):
-            pipe_of = dict(zip(gzipped, pipes.paths))
-            params = {"files": [pipe_of.get(path, str(path)) for path in paths.values()], "ranks": list(paths),
-                      "unit": "line"}
-            sql = (_validate_sql(_parquet_sql(conn, params["files"], metadata_keys)) if fmt == "parquet"
-                   else _validate_json(_FAST_JSONL, metadata_keys))
-            conn.execute(f"INSERT INTO scratch.observations {sql}", params)
-            pipes.check()
-            if gzipped:  # every line of every file is a row, once (a blank line is not: read it line by line)
-                rows = dict(conn.execute("SELECT file_rank, count(*) FROM scratch.observations "
-                                         "WHERE list_contains($ranks, file_rank) GROUP BY ALL", {"ranks": list(paths)}).fetchall())
-                served = dict(zip(gzipped, pipes.lines_served))
-                for rank, path in paths.items():
-                    if path in served and rows.get(rank, 0) != served[path]:
-                        raise InflateError(f"{path}: {rows.get(rank, 0)} rows read, {served[path]} lines served")
+        sql = (_validate_sql(_parquet_sql(conn, params["files"], metadata_keys)) if fmt == "parquet"
+               else _validate_json(_FAST_JSONL, metadata_keys))
+        conn.execute(f"INSERT INTO scratch.observations {sql}", params)
         return True
-    except (*_UNREADABLE, InflateError):
+    except _UNREADABLE:
         return False
 
 
