@@ -239,10 +239,10 @@ def test_rows_after_a_blank_line_are_quarantined_with_their_physical_line(settin
 
 def test_parquet_from_another_writer_json_text_columns_and_absent_ones(settings):
     """Langfuse writes maps as Parquet MAPs; a file whose usage and metadata are JSON text, with no
-    cost_details column and a DOUBLE total_cost, stages the same way."""
+    cost_details column and a DOUBLE total_cost, stages the same way, next to the day's typed files."""
     import duckdb
 
-    cover_day(settings)
+    cover_day(settings, {3: [generation("typed", "2026-11-21 03:00:00.000000", cost=0.5)]}, "parquet")
     start, _ = day_window()
     path = write_export_file(export_dir(settings), start + timedelta(hours=6), start + timedelta(hours=7), [],
                              ext="parquet")
@@ -254,7 +254,8 @@ def test_parquet_from_another_writer_json_text_columns_and_absent_ones(settings)
             t(id, start_time, provided_model_name, usage_details, metadata, total_cost)) TO '{path}' (FORMAT parquet)""")
     assert materialize_day(settings, selection=STAGE).success
     assert query(settings, """SELECT observation_id, input_tokens, cached_tokens, output_tokens, cost_usd,
-                                     allocation['feature'], allocation['team'] FROM langfuse_generations""") == [
-        ("j1", 100, 40, 7, usd("0.25"), "search", "5")]
+                                     allocation['feature'], allocation['team'] FROM langfuse_generations
+                              ORDER BY 1""") == [
+        ("j1", 100, 40, 7, usd("0.25"), "search", "5"), ("typed", 100, 0, 20, usd("0.5"), "chat", "product")]
     assert query(settings, "SELECT file, line, reason FROM quarantine") == [
         (str(path), 2, "usage_details is not an object: \"not json\"")]
