@@ -94,11 +94,15 @@ def _metadata_paths(metadata_keys: list[str]) -> str:
     return "[" + ", ".join(f"'$.\"{key}\"'" for key in metadata_keys) + "]"  # keys are validated identifiers
 
 
+def _nested_json(name: str, json_sql: str) -> str:
+    """`_validate_sql`'s columns for usage_details or cost_details (`name`), from its value as JSON."""
+    return (f"json_type({json_sql}) AS {name}_type, json_keys({json_sql}) AS {name}_keys, "
+            f"json_extract_string({json_sql}, '$.*') AS {name}_text, {json_sql} AS {name}")
+
+
 def _json_fields(metadata_keys: list[str]) -> str:
     """The columns `_validate_sql` takes, from raw columns (RAW_COLUMNS) whose nested values are JSON."""
-    nested = ", ".join(
-        f"json_type({n}) AS {n}_type, json_keys({n}) AS {n}_keys, json_extract_string({n}, '$.*') AS {n}_text, {n}"
-        for n in ("usage_details", "cost_details"))
+    nested = ", ".join(_nested_json(n, n) for n in ("usage_details", "cost_details"))
     return f"""file_rank, line, is_object, id, trace_id, project_id, type, name, start_time, environment, user_id,
         session_id, provided_model_name, model, prompt_name, prompt_version,
         TRY_CAST(tags AS VARCHAR[]) AS tags,  -- NULL where tags is not an array
@@ -161,9 +165,6 @@ FROM checked
 """
 
 
-_RAW_LIST = ", ".join(RAW_COLUMNS)
-
-
 def _from_text(lines_sql: str, decode_nested: bool, names: dict[str, str | None] | None = None,
                valid_json: bool = False) -> str:
     """Raw columns from `lines_sql` (file_rank, line, text), where text should be one JSON object whose
@@ -190,11 +191,13 @@ def _from_text(lines_sql: str, decode_nested: bool, names: dict[str, str | None]
     """
 
 
+# The rank of each of several files read in one statement (`filename=true`): `$files` and `$ranks` pair up.
+_RANK_OF_FILE = "JOIN (SELECT unnest($files) AS filename, unnest($ranks) AS file_rank) s USING (filename)"
+
 # Every JSONL file of the day in one statement: DuckDB reads them on all its threads, one file per thread.
-# `$files` are their paths, `$ranks` their ranks.
 _FAST_JSONL = ("SELECT s.file_rank, NULL::BIGINT AS line, true AS is_object, " + ", ".join(f"r.{n}" for n in RAW_COLUMNS)
                + f" FROM read_json($files, format='newline_delimited', records=true, filename=true, columns={RAW_COLUMNS!r})"
-               " r JOIN (SELECT unnest($files) AS filename, unnest($ranks) AS file_rank) s USING (filename)")
+               f" r {_RANK_OF_FILE}")
 
 _LINES = {
     # Each physical line is one value: no delimiter or quote can split it; a blank line is a NULL row.
@@ -243,9 +246,7 @@ def _parquet_sql(conn: duckdb.DuckDBPyConnection, paths: list[str], metadata_key
             fields.append(f"CASE WHEN {name} IS NULL THEN 'NULL' ELSE 'OBJECT' END AS {name}_type, "
                           f"map_keys({name}) AS {name}_keys, map_values({name})::VARCHAR[] AS {name}_text, {name}")
         else:
-            j = as_json(name)
-            fields.append(f"json_type({j}) AS {name}_type, json_keys({j}) AS {name}_keys, "
-                          f"json_extract_string({j}, '$.*') AS {name}_text, {j} AS {name}")
+            fields.append(_nested_json(name, as_json(name)))
     fields.append("tags" if types.get("tags") == "VARCHAR[]" else f"TRY_CAST({as_json('tags')} AS VARCHAR[]) AS tags")
     if types.get("metadata") == "MAP(VARCHAR, VARCHAR)":
         fields.append("[" + ", ".join(f"map_extract_value(metadata, '{k}')" for k in metadata_keys) + "] AS metadata_values")
@@ -255,8 +256,7 @@ def _parquet_sql(conn: duckdb.DuckDBPyConnection, paths: list[str], metadata_key
     fields.append("nullif(total_cost::VARCHAR, '') AS total_text" if re.fullmatch(_SCALAR, total)
                   else f"nullif({as_json('total_cost')} ->> '$', '') AS total_text")
     return (f"SELECT s.file_rank, file_row_number + 1 AS line, true AS is_object, {', '.join(fields)}"
-            " FROM read_parquet($files, file_row_number=true, filename=true, union_by_name=true) r"
-            " JOIN (SELECT unnest($files) AS filename, unnest($ranks) AS file_rank) s USING (filename)")
+            f" FROM read_parquet($files, file_row_number=true, filename=true, union_by_name=true) r {_RANK_OF_FILE}")
 
 
 # What a broken file raises. Anything else (a binder or parser error) is a bug here, and must fail loudly.
