@@ -7,7 +7,8 @@ is its own:
             stage by stage (Dagster's step events) and in total, with peak RSS;
   per-row   bench/per_row_loop.py: json.loads per line, Python dicts (JSONL only);
   floor     DuckDB reading the same files and grouping cost by the Finout dimensions: no validation,
-            no dedup, no writes; no pipeline on DuckDB beats it.
+            no dedup, no writes; no pipeline on DuckDB's own readers beats it. For JSONL, the same
+            query also through the ISA-L gzip reader the pipeline uses (sources/isal_gzip.py).
 and prints the figures, the ratios per-row/pipeline and pipeline/floor, and how time and memory scale.
 
 Format `api` instead serves the day from the Langfuse API double on loopback, in its own process
@@ -125,21 +126,30 @@ def child_pipeline(export: str, profile: bool) -> None:
     print(json.dumps({"total": total, "rows": metadata["dagster/row_count"], **steps, **api}))
 
 
-def child_floor(export: str, fmt: str) -> None:
-    """DuckDB alone: read the fields the Finout file needs and group cost by its dimensions."""
+def child_floor(export: str, fmt: str, inflate: str) -> None:
+    """DuckDB alone: read the fields the Finout file needs and group cost by its dimensions. `inflate`:
+    `duckdb` (its own gzip: the floor) or `isal` (through the pipeline's ISA-L reader)."""
     import duckdb
 
+    from finops_pipeline.sources import isal_gzip
+
     files = sorted(str(p) for p in Path(export).rglob(f"*.{EXTENSIONS[fmt]}"))
-    source = ("read_json($files, format='newline_delimited', records=true, columns={'start_time': 'VARCHAR', "
-              "'provided_model_name': 'VARCHAR', 'total_cost': 'DECIMAL(38, 12)', 'metadata': 'JSON', "
-              "'usage_details': 'JSON', 'environment': 'VARCHAR'})" if fmt == "jsonl" else "read_parquet($files)")
+    compression = "auto"
+    source = ("read_json($files, format='newline_delimited', records=true, compression=$compression, columns={"
+              "'start_time': 'VARCHAR', 'provided_model_name': 'VARCHAR', 'total_cost': 'DECIMAL(38, 12)', "
+              "'metadata': 'JSON', 'usage_details': 'JSON', 'environment': 'VARCHAR'})" if fmt == "jsonl"
+              else "read_parquet($files)")
     metadata = ("metadata ->> '$.{}'" if fmt == "jsonl" else "metadata['{}']").format
     started = time.perf_counter()
     with duckdb.connect() as conn:
+        if inflate == "isal":
+            isal_gzip.register(conn)
+            files, compression = isal_gzip.for_duckdb(files)
         groups = conn.execute(f"""
             SELECT left(start_time::VARCHAR, 10), provided_model_name, {metadata('feature')}, {metadata('team')},
                    {metadata('customer_id')}, {metadata('tier')}, environment, count(*), sum(total_cost)
-            FROM {source} GROUP BY ALL""", {"files": files}).fetchall()
+            FROM {source} GROUP BY ALL""", {"files": files, **({"compression": compression} if fmt == "jsonl" else {})}
+        ).fetchall()
     print(json.dumps({"total": time.perf_counter() - started, "groups": len(groups)}))
 
 
@@ -156,16 +166,18 @@ def child_loop(export: str) -> None:
 def print_file_table(results: list[dict]) -> None:
     print()
     print("| generations | format | staging s | allocation s | Finout file s | pipeline total s | peak MB "
-          "| per-row loop s | loop peak MB | DuckDB floor s | loop / pipeline | pipeline / floor |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| per-row loop s | loop peak MB | DuckDB floor s | loop / pipeline | pipeline / floor "
+          "| floor, ISA-L inflate s | pipeline / that floor |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         p = r["pipeline"]
         loop = f"{r['loop']:.1f}" if r["loop"] else "n/a"
         loop_mb = f"{r['loop_mb']:.0f}" if r["loop_mb"] else "n/a"
         speedup = f"{r['loop'] / p['total']:.1f}x" if r["loop"] else "n/a"
+        isal = (f"{r['isal_floor']:.2f} | {p['total'] / r['isal_floor']:.2f}x" if r["isal_floor"] else "n/a | n/a")
         print(f"| {r['n']:,} | {r['format']} | {p['langfuse_generations']:.2f} | {p['allocated_costs']:.2f} "
               f"| {p['finout_upload']:.2f} | {p['total']:.2f} | {r['pipeline_mb']:.0f} | {loop} | {loop_mb} "
-              f"| {r['floor']:.2f} | {speedup} | {p['total'] / r['floor']:.2f}x |")
+              f"| {r['floor']:.2f} | {speedup} | {p['total'] / r['floor']:.2f}x | {isal} |")
 
 
 def bench_api(n: int, profile: bool) -> dict:
@@ -206,10 +218,11 @@ def main() -> int:
             extra = ["--profile"] if args.profile else []
             pipeline, pipeline_mb = in_child(__file__, "_pipeline", export, *extra)
             floor, _ = in_child(__file__, "_floor", export, fmt)
+            isal_floor = in_child(__file__, "_floor", export, fmt, "isal")[0]["total"] if fmt == "jsonl" else None
             loop, loop_mb = (in_child(__file__, "_loop", export) if fmt == "jsonl" and not args.no_loop
                              else ({"total": None}, None))
             results.append({"n": n, "format": fmt, "pipeline": pipeline, "pipeline_mb": pipeline_mb,
-                            "floor": floor["total"], "loop": loop["total"], "loop_mb": loop_mb})
+                            "floor": floor["total"], "isal_floor": isal_floor, "loop": loop["total"], "loop_mb": loop_mb})
             print(f"pipeline {pipeline['total']:.1f} s", flush=True)
 
     if any(r["format"] != "api" for r in results):
@@ -238,7 +251,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_pipeline":
         child_pipeline(sys.argv[2], profile="--profile" in sys.argv)
     elif len(sys.argv) > 1 and sys.argv[1] == "_floor":
-        child_floor(sys.argv[2], sys.argv[3])
+        child_floor(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "duckdb")
     elif len(sys.argv) > 1 and sys.argv[1] == "_loop":
         child_loop(sys.argv[2])
     else:

@@ -1,6 +1,7 @@
 """Staging the day from a Langfuse export: windows, day boundaries, dedup, formats, bad input."""
 
 import gzip
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -127,6 +128,19 @@ def test_allocation_keys_metadata_then_tags_then_fields_then_unallocated(setting
                                   "environment": "staging", "tier": "unallocated"}
 
 
+def test_tags_that_are_not_a_list_are_no_tags_and_the_rest_of_the_day_is_staged(settings):
+    cover_day(settings, {
+        11: [generation("text-tags", "2026-11-21 11:00:00.000000", metadata={}, tags="team:search"),
+             generation("listed", "2026-11-21 11:01:00.000000", metadata={}, tags=["team:search"])],
+        12: [generation("other-file", "2026-11-21 12:00:00.000000")],
+    })
+    result = materialize_day(settings, selection=STAGE)
+    assert result.success
+    teams = dict(query(settings, "SELECT observation_id, allocation['team'] FROM langfuse_generations"))
+    assert teams == {"text-tags": "unallocated", "listed": "search", "other-file": "product"}
+    assert materialization_metadata(result, "langfuse_generations")["quarantined_rows"] == 0
+
+
 def test_unpriced_models_are_priced_from_the_table_or_counted(settings):
     cover_day(settings, {12: [
         generation("langfuse", "2026-11-21 12:00:00.000000", cost=0.5),
@@ -188,6 +202,20 @@ def test_an_unreadable_file_is_quarantined_and_the_day_goes_on(settings):
     assert staged_ids(settings) == ["fine"]
     [(file, line, reason)] = query(settings, "SELECT file, line, reason FROM quarantine")
     assert file == str(broken) and line is None and reason.startswith("unreadable jsonl file")
+
+
+def test_a_gzip_file_of_several_members_is_staged_whole(settings):
+    """`cat a.jsonl.gz b.jsonl.gz` is valid gzip whose trailer sizes only the last member: the ISA-L reader
+    must not stop there (it raises, and DuckDB's own gzip reads the file)."""
+    cover_day(settings, {14: [generation("first", "2026-11-21 14:10:00.000000")]})
+    [path] = [p for p in export_dir(settings).rglob("*.jsonl.gz") if p.name.startswith("2026-11-21T15")]
+    more = b"".join(json.dumps(generation(f"more-{n}", "2026-11-21 14:20:00.000000")).encode() + b"\n"
+                    for n in range(3))
+    path.write_bytes(path.read_bytes() + gzip.compress(more))
+    result = materialize_day(settings, selection=STAGE)
+    assert result.success
+    assert staged_ids(settings) == ["first", "more-0", "more-1", "more-2"]
+    assert materialization_metadata(result, "langfuse_generations")["quarantined_rows"] == 0
 
 
 def test_missing_export_folder_is_a_clear_error_naming_the_path(settings):

@@ -2,9 +2,9 @@
 carrying the reason it is quarantined. Two sources, one set of rules: export files (`read_observations`)
 and pages of the v2 API (`ApiPageLoader`).
 
-All JSONL files of the day are read in one statement, by DuckDB's JSON reader, on all its threads (a
-gzip stream is inflated by one thread, so a thread a file); all Parquet files in another, straight from
-their typed columns. A statement adds all its rows or none: when one file breaks it (DuckDB's JSON
+All JSONL files of the day are read in one statement, by DuckDB's JSON reader, on all its threads, a
+`.gz` inflated by ISA-L (sources/isal_gzip.py: four times DuckDB's own gzip); all Parquet files in
+another, straight from their typed columns. A statement adds all its rows or none: when one file breaks it (DuckDB's JSON
 reader stops at the first line that is not a JSON object), each file is read on its own, so a broken
 file costs only itself. That reader cannot number lines (it skips blank ones), so a JSONL file where it
 fails, or that holds any row to quarantine, is read again line by line: every row of it then has its
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import duckdb
 
+from finops_pipeline.sources import isal_gzip
 from finops_pipeline.sources.langfuse_api import MalformedPage, Window
 from finops_pipeline.sources.langfuse_export import ExportFile
 from finops_pipeline.warehouse import MONEY
@@ -194,10 +195,16 @@ def _from_text(lines_sql: str, decode_nested: bool, names: dict[str, str | None]
 # The rank of each of several files read in one statement (`filename=true`): `$files` and `$ranks` pair up.
 _RANK_OF_FILE = "JOIN (SELECT unnest($files) AS filename, unnest($ranks) AS file_rank) s USING (filename)"
 
-# Every JSONL file of the day in one statement: DuckDB reads them on all its threads, one file per thread.
-_FAST_JSONL = ("SELECT s.file_rank, NULL::BIGINT AS line, true AS is_object, " + ", ".join(f"r.{n}" for n in RAW_COLUMNS)
-               + f" FROM read_json($files, format='newline_delimited', records=true, filename=true, columns={RAW_COLUMNS!r})"
-               f" r {_RANK_OF_FILE}")
+# Tags typed as Langfuse writes them (an array: a list costs less than JSON text to read); any other
+# value fails the statement, and its file is read line by line.
+_FAST_COLUMNS = {**RAW_COLUMNS, "tags": "VARCHAR[]"}
+
+
+def _fast_jsonl(compression: str) -> str:
+    """Every JSONL file of `$files` in one statement, on all of DuckDB's threads."""
+    return ("SELECT s.file_rank, NULL::BIGINT AS line, true AS is_object, " + ", ".join(f"r.{n}" for n in RAW_COLUMNS)
+            + f" FROM read_json($files, format='newline_delimited', records=true, filename=true, "
+            f"compression='{compression}', columns={_FAST_COLUMNS!r}) r {_RANK_OF_FILE}")
 
 _LINES = {
     # Each physical line is one value: no delimiter or quote can split it; a blank line is a NULL row.
@@ -290,6 +297,7 @@ def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], 
     win on duplicate ids. A file's rows with no readable time are filed under the day its window starts.
     """
     start_scratch(conn)
+    isal_gzip.register(conn)
     conn.execute("INSERT INTO scratch.sources BY NAME SELECT unnest($ranks) AS file_rank, unnest($files) AS file, "
                  "unnest($days) AS file_day", {
         "ranks": list(range(len(files))), "files": [str(f.path) for f in files],
@@ -400,14 +408,20 @@ def _each_file(conn: duckdb.DuckDBPyConnection, ranks, read) -> list[Rejected]:
 def _read_fast(conn: duckdb.DuckDBPyConnection, fmt: str, paths: dict[int, Path], metadata_keys: list[str]) -> bool:
     """The files `paths` (rank -> path; all JSONL or all Parquet) in one statement; False, having added
     nothing, if one of them cannot be read that way."""
-    params = {"files": [str(path) for path in paths.values()], "ranks": list(paths), "unit": "line"}
+    local = [str(path) for path in paths.values()]
+    params = {"files": local, "ranks": list(paths), "unit": "line"}
     try:
-        sql = (_validate_sql(_parquet_sql(conn, params["files"], metadata_keys)) if fmt == "parquet"
-               else _validate_json(_FAST_JSONL, metadata_keys))
+        if fmt == "parquet":
+            sql = _validate_sql(_parquet_sql(conn, local, metadata_keys))
+        else:
+            params["files"], compression = isal_gzip.for_duckdb(local)
+            sql = _validate_json(_fast_jsonl(compression), metadata_keys)
         conn.execute(f"INSERT INTO scratch.observations {sql}", params)
         return True
-    except _UNREADABLE:
-        return False
+    except duckdb.Error as exc:
+        if isinstance(exc, _UNREADABLE) or isal_gzip.failed_on(local):
+            return False
+        raise
 
 
 def _read_file(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, metadata_keys: list[str]) -> list[Rejected]:
