@@ -134,7 +134,7 @@ class InflatedFile:
     def _move_to(self, start: int) -> None:
         gap = start - self._at
         if 0 < gap and gap + sum(map(len, self._held.values())) <= _HOLD_LIMIT:
-            at = self._at
+            at = self._at  # taken before inflating moves it
             self._held[at] = self._inflate(gap)
         elif gap:
             self._stream.seek(start)  # back (inflates again from the start) or far ahead
