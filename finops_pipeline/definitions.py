@@ -4,7 +4,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.assets.allocated_costs import allocated_costs
-from finops_pipeline.assets.cost_reconciliation import cost_reconciliation
+from finops_pipeline.assets.cost_reconciliation import FAILED_DAY, cost_reconciliation
 from finops_pipeline.assets.finout_upload import build_finout_upload
 from finops_pipeline.assets.focus_export import build_focus_export
 from finops_pipeline.assets.langfuse_generations import langfuse_generations
@@ -12,7 +12,7 @@ from finops_pipeline.assets.provider_costs import anthropic_costs, openai_costs,
 from finops_pipeline.cost_basis import COST_BASIS
 from finops_pipeline.resources import CostApiResource, LangfuseApiResource
 from finops_pipeline.alerts import check_failure_alerts
-from finops_pipeline.schedules import daily_finops_job, daily_finops_schedule, freshness_checks, freshness_sensor
+from finops_pipeline.schedules import daily_finops_job, daily_finops_schedule, delivered_by_deadline, finout_deadline_sensor
 from finops_pipeline.settings import FinopsSettings
 
 
@@ -35,17 +35,25 @@ def build_assets(cost_basis: str = COST_BASIS) -> list[dg.AssetsDefinition]:
             cost_reconciliation, build_finout_upload(cost_basis), build_focus_export(cost_basis)]
 
 
+def is_check_failure(error) -> bool:
+    """Did a step fail (`error`: its SerializableErrorInfo) because a check of its day failed with ERROR, rather
+    than because something broke? A blocking check, or the reconciliation of a settled day."""
+    return error.cls_name == "DagsterAssetCheckFailedError" or (
+        error.cls_name == "Failure" and FAILED_DAY in error.message)
+
+
 ASSETS = build_assets()
+CHECKS = [delivered_by_deadline]  # checks defined apart from their asset
 
 defs = dg.Definitions(
     assets=ASSETS,
-    asset_checks=freshness_checks,
+    asset_checks=CHECKS,
     # A run's steps run one after another in its process: they share the warehouse pool anyway, and a
     # process per step would cost more than the steps of a day.
     executor=dg.in_process_executor,
     jobs=[daily_finops_job],
     schedules=[daily_finops_schedule],
-    sensors=[check_failure_alerts, freshness_sensor],
+    sensors=[check_failure_alerts, finout_deadline_sensor],
     resources=build_resources(FinopsSettings.from_env(), LangfuseApiResource.from_env(),
                               CostApiResource.from_env("openai"), CostApiResource.from_env("anthropic")),
 )

@@ -111,9 +111,20 @@ def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the warehouse file, created with its tables on first use. Times are UTC."""
     Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
     with resource.get_connection() as conn:
-        conn.execute("SET TimeZone = 'UTC'")
-        _upgrade(conn)
-        yield conn
+        try:
+            conn.execute("SET TimeZone = 'UTC'")
+            _upgrade(conn)
+            yield conn
+        finally:  # the resource closes it only when the block ends without an error
+            conn.close()
+
+
+def utc_cursor(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A cursor of `conn` (its own connection to the same database, for another thread) with times in UTC: a
+    cursor does not inherit its parent's settings, and the host's zone must never change a result."""
+    cursor = conn.cursor()
+    cursor.execute("SET TimeZone = 'UTC'")
+    return cursor
 
 
 def _upgrade(conn: duckdb.DuckDBPyConnection) -> None:

@@ -1,6 +1,8 @@
-"""Shared fixtures: a throwaway project data directory, and helpers that write inputs in the real formats."""
+"""Shared fixtures: a throwaway project data directory, the Dagster instance `make dev` creates, and helpers
+that write inputs in the real formats."""
 
 import json
+import shutil
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -10,11 +12,12 @@ import duckdb
 import pytest
 import time_machine
 
-from finops_pipeline.definitions import build_assets, build_resources
+from finops_pipeline.definitions import build_assets, build_resources, is_check_failure
 from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline.settings import FinopsSettings
 
 DAY = date(2026, 11, 21)
+REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_collection_modifyitems(items):
@@ -28,6 +31,17 @@ def settings(tmp_path: Path) -> FinopsSettings:
 
 
 @pytest.fixture
+def instance(tmp_path: Path):
+    """The instance `make dev` and `make demo` use: the project's dagster.yaml in a DAGSTER_HOME of its own
+    (SQLite storage, a run-sharded event log), not an in-memory one."""
+    home = tmp_path / "dagster"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance
+
+
+@pytest.fixture
 def settled():
     """The clock a month after DAY: its bills have settled, its reconciliation is final."""
     with time_machine.travel(datetime(2026, 12, 21, 12, tzinfo=timezone.utc), tick=True):
@@ -35,15 +49,16 @@ def settled():
 
 
 def materialize_day(settings: FinopsSettings, day: date = DAY, selection=None, langfuse=None, instance=None,
-                    openai=None, anthropic=None, cost_basis: str = "langfuse", **overrides) -> dg.ExecuteInProcessResult:
-    """Materialise `day` of the whole graph (or `selection`) the way a Dagster run does; from the
-    Langfuse API when `langfuse` (a LangfuseApiResource) is given, else from the export folder; the
-    bills from the cost APIs in `openai` / `anthropic` (CostApiResource), else from the billing folder;
-    delivered on `cost_basis`."""
+                    openai=None, anthropic=None, cost_basis: str = "langfuse", checks=(),
+                    **overrides) -> dg.ExecuteInProcessResult:
+    """Materialise `day` of the whole graph (or `selection`, with `checks` defined apart from their assets)
+    the way a Dagster run does; from the Langfuse API when `langfuse` (a LangfuseApiResource) is given, else
+    from the export folder; the bills from the cost APIs in `openai` / `anthropic` (CostApiResource), else
+    from the billing folder; delivered on `cost_basis`."""
     if overrides:
         settings = replace_settings(settings, **overrides)
     return dg.materialize(
-        build_assets(cost_basis), selection=selection, partition_key=day.isoformat(),
+        [*build_assets(cost_basis), *checks], selection=selection, partition_key=day.isoformat(),
         resources=build_resources(settings, langfuse, openai, anthropic),
         instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False,
     )
@@ -57,6 +72,15 @@ def replace_settings(settings: FinopsSettings, **overrides) -> FinopsSettings:
 def query(settings: FinopsSettings, sql: str, params=None) -> list[tuple]:
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as conn:
         return conn.execute(sql, params or []).fetchall()
+
+
+def failed_on_checks(result: dg.ExecuteInProcessResult) -> set[str]:
+    """The steps of a run that failed, each on a check that failed with ERROR: a blocking check (after its
+    asset's materialization was recorded), or the reconciliation of a settled day (which fails the day)."""
+    failures = result.get_step_failure_events()
+    assert failures and all(is_check_failure(e.event_specific_data.error) for e in failures), [
+        e.event_specific_data.error.message for e in failures]
+    return {e.step_key for e in failures}
 
 
 def check_evaluation(result: dg.ExecuteInProcessResult, check_name: str):
@@ -93,9 +117,9 @@ def day_window(day: date = DAY) -> tuple[datetime, datetime]:
 
 
 def cover_day(settings: FinopsSettings, rows_by_hour: dict[int, list[dict]] | None = None,
-              ext: str = "jsonl.gz") -> None:
-    """Hourly export runs across DAY, with `rows_by_hour[h]` in the window [h, h+1]."""
-    start, _ = day_window()
+              ext: str = "jsonl.gz", day: date = DAY) -> None:
+    """Hourly export runs across `day`, with `rows_by_hour[h]` in the window [h, h+1]."""
+    start, _ = day_window(day)
     for hour in range(24):
         write_export_file(Path(settings.langfuse_export_dir), start + timedelta(hours=hour),
                           start + timedelta(hours=hour + 1), (rows_by_hour or {}).get(hour, []), ext)

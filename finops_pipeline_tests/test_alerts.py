@@ -1,20 +1,20 @@
-"""Alerts for failed checks, to a local HTTP receiver; the freshness check of yesterday's delivery; the
-schedule's ticks at chosen times."""
+"""Alerts for failed checks, on the instance `make dev` creates (SQLite, run-sharded event log), to a local
+webhook receiver; the delivery deadline of yesterday's Finout file; the schedule's ticks at chosen times."""
 
 import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import time_machine
 
-from finops_pipeline.alerts import check_failure_alerts
-from finops_pipeline.definitions import build_assets, build_resources, defs
-from finops_pipeline.schedules import daily_finops_schedule, freshness_checks
+from finops_pipeline.alerts import AlertCursor, check_failure_alerts
+from finops_pipeline.definitions import CHECKS, defs
+from finops_pipeline.schedules import DELIVERY_CHECK, daily_finops_schedule, finout_deadline_sensor
 from finops_pipeline_tests.conftest import (
     DAY,
     cover_day,
@@ -24,24 +24,9 @@ from finops_pipeline_tests.conftest import (
     write_anthropic_bill,
     write_openai_bill,
 )
-from finops_pipeline_tests.http_double import HttpDouble
+from finops_pipeline_tests.webhook_double import Receiver
 
-SECRET_PATH = "/services/T000/B000/very-secret-token"
-
-
-class Receiver(HttpDouble):
-    """A Slack-compatible incoming webhook: answers `status` (200 unless a test takes it down)."""
-
-    def __init__(self):
-        super().__init__()
-        self.status = 200
-        self.messages: list[str] = []
-
-    def respond(self, path, query, headers):
-        if self.status == 200 and path == SECRET_PATH:
-            self.messages.append(json.loads(query["body"][0])["text"])
-            return 200, {"Content-Type": "text/plain"}, b"ok"
-        return self.status, {"Content-Type": "text/plain"}, b"no_service"
+GAP = "billed_vs_traced_gap"
 
 
 @pytest.fixture
@@ -50,50 +35,93 @@ def receiver():
         yield server
 
 
-def failing_day(settings, instance) -> None:
-    """DAY with two failed checks: OpenAI billed 50% above traced (ERROR), one unpriced call (WARN)."""
-    cover_day(settings, {9: [generation("a", "2026-11-21 09:00:00", cost=2.0),
-                             generation("u", "2026-11-21 09:01:00", model="acme-ft", cost=None)]})
-    write_openai_bill(Path(settings.billing_dir), DAY, {"gpt-4o-2024-08-06, input": 3.0})
-    write_anthropic_bill(Path(settings.billing_dir), DAY, {})
-    assert materialize_day(settings, instance=instance).success
+def failing_day(settings, instance, day: date = DAY, billed: float = 3.0) -> None:
+    """`day` with two failed checks: OpenAI billed above the $2.00 traced (ERROR when 50% over), one
+    unpriced call (WARN). The run fails: the gap check is blocking."""
+    stamp = f"{day} 09:00:00"
+    cover_day(settings, {9: [generation(f"a-{day}", stamp, cost=2.0),
+                             generation(f"u-{day}", stamp, model="acme-ft", cost=None)]}, day=day)
+    write_openai_bill(Path(settings.billing_dir), day, {"gpt-4o-2024-08-06, input": billed})
+    write_anthropic_bill(Path(settings.billing_dir), day, {})
+    result = materialize_day(settings, day, instance=instance)
+    assert not result.success and {e.check_name for e in result.get_asset_check_evaluations() if not e.passed} == {
+        GAP, "unpriced_generations"}
 
 
-def tick(instance, settings, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"settings": settings})
-    check_failure_alerts.evaluate_tick(context)
+def tick(instance, settings, cursor=None, sensor=check_failure_alerts):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"settings": settings},
+                                      definitions=defs)
+    sensor.evaluate_tick(context)
     return context.cursor
 
 
-def test_each_failed_check_is_sent_once_with_asset_day_numbers_and_link(settings, settled, receiver):
-    instance = dg.DagsterInstance.ephemeral()
+def test_alerts_keep_coming_on_the_instance_make_dev_creates(settings, settled, instance, receiver):
+    assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"  # run-sharded, as under make dev
     failing_day(settings, instance)
-    webhook = replace_settings(settings, alert_webhook_url=receiver.url + SECRET_PATH,
+    webhook = replace_settings(settings, alert_webhook_url=receiver.webhook_url,
                                dagster_url="http://dagster.internal:3000")
     cursor = tick(instance, webhook)
     assert len(receiver.messages) == 2
-    [gap] = [m for m in receiver.messages if "billed_vs_traced_gap" in m]
-    assert gap.startswith("ERROR: cost_reconciliation 2026-11-21, check billed_vs_traced_gap failed: "
+    [gap] = [m for m in receiver.messages if GAP in m]
+    assert gap.startswith(f"ERROR: cost_reconciliation {DAY}, check {GAP} failed: "
                           "openai: billed $3.00 vs traced $2.00, gap +1.00 USD (+33.3%) ERROR")
     [run_id] = {r.dagster_run.run_id for r in instance.get_run_records()}
     assert f"<http://dagster.internal:3000/runs/{run_id}|run {run_id[:8]}>" in gap
     [unpriced] = [m for m in receiver.messages if "unpriced_generations" in m]
-    assert unpriced.startswith("WARN: langfuse_generations 2026-11-21, check unpriced_generations failed: 1 generation")
+    assert unpriced.startswith(f"WARN: langfuse_generations {DAY}, check unpriced_generations failed: 1 generation")
 
     for _ in range(3):  # however often it ticks, nothing is sent twice
         cursor = tick(instance, webhook, cursor)
     assert len(receiver.messages) == 2
 
-    # a new failure of the same check on a re-run is a new alert
-    assert materialize_day(settings, instance=instance).success
-    tick(instance, webhook, cursor)
-    assert len(receiver.messages) == 4
+    # The daemon restarts: a new instance object over the same storage, the cursor as the instance kept it.
+    with dg.DagsterInstance.from_config(instance.root_directory) as restarted:
+        cursor = tick(restarted, webhook, cursor)
+        assert len(receiver.messages) == 2
+
+        # Another day fails between ticks: exactly its alerts, once, naming that day.
+        second = DAY - timedelta(days=1)
+        failing_day(settings, restarted, second, billed=2.5)
+        cursor = tick(restarted, webhook, cursor)
+        cursor = tick(restarted, webhook, cursor)
+        new = receiver.messages[2:]
+        assert len(new) == 2 and all(f" {second}, check " in m for m in new)
+        assert any(m.startswith(f"ERROR: cost_reconciliation {second}, check {GAP} failed: openai: billed $2.50") for m in new)
+
+        # The first day re-run, failing again: a new evaluation, alerted again.
+        failing_day(settings, restarted)
+        tick(restarted, webhook, cursor)
+        assert len(receiver.messages) == 6 and all(f" {DAY}, check " in m for m in receiver.messages[4:])
 
 
-def test_a_webhook_that_is_down_loses_nothing_and_the_url_stays_secret(settings, settled, receiver, capsys):
-    instance = dg.DagsterInstance.ephemeral()
+def test_an_evaluation_still_running_is_alerted_when_its_result_comes(settings, settled, instance, receiver):
+    """Execution rows are numbered when a run plans its checks: a run that planned first and finishes last
+    must not be passed over by the watermark."""
     failing_day(settings, instance)
-    webhook = replace_settings(settings, alert_webhook_url=receiver.url + SECRET_PATH)
+    webhook = replace_settings(settings, alert_webhook_url=receiver.webhook_url)
+    cursor = tick(instance, webhook)
+    assert len(receiver.messages) == 2
+    # A run that has planned its checks (as a run does when it is created) and not finished: its rows wait.
+    run = instance.create_run_for_job(defs.resolve_job_def("daily_finops_job"), run_config={},
+                                      tags={"dagster/partition": str(DAY)})
+    second = DAY - timedelta(days=1)
+    failing_day(settings, instance, second)  # finishes while the planned rows wait
+    state = AlertCursor.load(tick(instance, webhook, cursor))
+    assert len(receiver.messages) == 4 and all(f" {second}, check " in m for m in receiver.messages[2:])
+    key = dg.AssetCheckKey(dg.AssetKey("cost_reconciliation"), GAP)
+    planned = min(r.id for r in instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+                  if r.status.value == "PLANNED")
+    assert state.watermark < planned and state.handled  # the later rows are handled above it
+    state = AlertCursor.load(tick(instance, webhook, state.dump()))
+    assert len(receiver.messages) == 4  # nothing sent twice while it waits
+    instance.report_run_failed(run)  # its run ends without a result: the watermark moves on
+    state = AlertCursor.load(tick(instance, webhook, state.dump()))
+    assert state.watermark > planned and not state.handled and len(receiver.messages) == 4
+
+
+def test_a_webhook_that_is_down_loses_nothing_and_the_url_stays_secret(settings, settled, instance, receiver, capsys):
+    failing_day(settings, instance)
+    webhook = replace_settings(settings, alert_webhook_url=receiver.webhook_url)
     receiver.status = 503
     capsys.readouterr()
     cursor = tick(instance, webhook)
@@ -109,45 +137,63 @@ def test_a_webhook_that_is_down_loses_nothing_and_the_url_stays_secret(settings,
     assert len(receiver.messages) == 2
 
 
-def test_without_a_webhook_alerts_go_to_the_log(settings, settled, capsys):
-    instance = dg.DagsterInstance.ephemeral()
+def test_without_a_webhook_alerts_go_to_the_log(settings, settled, instance, capsys):
     failing_day(settings, instance)
     capsys.readouterr()
     cursor = tick(instance, settings)
-    assert "ERROR: cost_reconciliation 2026-11-21, check billed_vs_traced_gap failed" in capsys.readouterr().err
+    assert f"ERROR: cost_reconciliation {DAY}, check {GAP} failed" in capsys.readouterr().err
     assert json.loads(cursor)["pending"] == []
 
 
-def run_freshness_check(settings, instance, at: datetime) -> dg.ExecuteInProcessResult:
-    with time_machine.travel(at, tick=True):
-        return dg.materialize([*build_assets(), *freshness_checks], instance=instance,
-                              selection=dg.AssetSelection.checks(*freshness_checks),
-                              resources=build_resources(settings), raise_on_error=False)
+def deadline_tick(instance, at: datetime, cursor=None):
+    with time_machine.travel(at, tick=False):
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+        skip = finout_deadline_sensor.evaluate_tick(context).skip_message
+    return context.cursor, skip
 
 
-def test_a_missed_day_fails_the_freshness_check_after_the_deadline_and_alerts(settings, receiver):
-    instance = dg.DagsterInstance.ephemeral()
-    late = run_freshness_check(settings, instance, datetime(2026, 11, 22, 7, 0, tzinfo=timezone.utc))
-    [evaluation] = late.get_asset_check_evaluations()
-    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
-    assert evaluation.asset_key.to_user_string() == "finout_upload"
-    assert "expect partition 2026-11-21 to have arrived" in evaluation.description
+def delivery_statuses(instance) -> dict[str, str]:
+    """Each day's latest result of the delivery check, as the instance holds it."""
+    key = dg.AssetCheckKey(dg.AssetKey("finout_upload"), DELIVERY_CHECK)
+    latest: dict[str, str] = {}
+    for row in instance.event_log_storage.get_asset_check_execution_history(key, limit=100):
+        latest.setdefault(row.partition, row.status.value)
+    return latest
 
-    webhook = replace_settings(settings, alert_webhook_url=receiver.url + SECRET_PATH)
+
+def test_a_missed_day_fails_its_delivery_check_at_the_deadline_and_alerts(settings, instance, receiver):
+    cursor, skip = deadline_tick(instance, datetime(2026, 11, 22, 5, 59, tzinfo=timezone.utc))
+    assert delivery_statuses(instance) == {"2026-11-20": "FAILED"}  # the last day due before 06:00
+    cursor, skip = deadline_tick(instance, datetime(2026, 11, 22, 6, 1, tzinfo=timezone.utc), cursor)
+    assert delivery_statuses(instance) == {"2026-11-20": "FAILED", str(DAY): "FAILED"}
+    cursor, skip = deadline_tick(instance, datetime(2026, 11, 22, 9, 0, tzinfo=timezone.utc), cursor)
+    assert "already judged" in skip and len(delivery_statuses(instance)) == 2
+
+    webhook = replace_settings(settings, alert_webhook_url=receiver.webhook_url)
     tick(instance, webhook)
-    [message] = receiver.messages
-    assert message.startswith(f"ERROR: finout_upload, check {evaluation.check_name} failed")
-    assert "2026-11-21" in message
+    day_alert = [m for m in receiver.messages if f" {DAY}, check" in m]
+    assert day_alert == [f"ERROR: finout_upload {DAY}, check {DELIVERY_CHECK} failed: No Finout file delivered for "
+                         f"{DAY} by its deadline, 2026-11-22 06:00 UTC: the day's run failed or never ran. Look at "
+                         "the day's runs, fix, and re-run the day. <http://localhost:3000/assets/finout_upload"
+                         "?view=checks|finout_upload checks>"]
 
+    # Delivered late: the day's run judges its delivery again, and passes, saying how late.
     cover_day(settings, {9: [generation("a", "2026-11-21 09:00:00")]})
     with time_machine.travel(datetime(2026, 11, 22, 7, 30, tzinfo=timezone.utc), tick=True):
-        assert materialize_day(settings, instance=instance,
+        result = materialize_day(settings, instance=instance, checks=CHECKS,
+                                 selection=["langfuse_generations", "allocated_costs", "finout_upload"])
+    [judged] = [e for e in result.get_asset_check_evaluations() if e.check_name == DELIVERY_CHECK]
+    assert judged.passed and judged.partition == str(DAY)
+    assert judged.description.startswith("Delivered 2026-11-22 07:30 UTC, 1.5 h after its deadline")
+    assert delivery_statuses(instance)[str(DAY)] == "SUCCEEDED"
+
+    # The next day was delivered before its deadline: judged and passed, nothing alerted.
+    with time_machine.travel(datetime(2026, 11, 23, 3, 0, tzinfo=timezone.utc), tick=True):
+        cover_day(settings, {9: [generation("b", "2026-11-22 09:00:00")]}, day=DAY + timedelta(days=1))
+        assert materialize_day(settings, DAY + timedelta(days=1), instance=instance,
                                selection=["langfuse_generations", "allocated_costs", "finout_upload"]).success
-    fresh = run_freshness_check(settings, instance, datetime(2026, 11, 22, 8, 0, tzinfo=timezone.utc))
-    assert fresh.get_asset_check_evaluations()[0].passed
-    # the next day, before its deadline, 2026-11-22 is not due yet
-    not_due = run_freshness_check(settings, instance, datetime(2026, 11, 23, 5, 30, tzinfo=timezone.utc))
-    assert not_due.get_asset_check_evaluations()[0].passed
+    deadline_tick(instance, datetime(2026, 11, 23, 6, 5, tzinfo=timezone.utc), cursor)
+    assert delivery_statuses(instance)["2026-11-22"] == "SUCCEEDED"
 
 
 @pytest.mark.parametrize(("lookback", "settling", "days"), [(3, 2, 4), (1, 2, 3), (0, 0, 1)])
@@ -163,12 +209,12 @@ def test_the_daily_tick_runs_yesterday_and_the_days_that_may_still_change(settin
         assert all(r.asset_selection is None for r in requests)  # the whole graph: late data reaches the file
 
 
-def test_the_schedule_time_and_freshness_deadline_are_settings():
-    code = ("from finops_pipeline.schedules import daily_finops_schedule as s, freshness_checks as f; "
-            "print(s.cron_schedule, s.execution_timezone)")
+def test_the_schedule_time_and_delivery_deadline_are_settings():
+    code = ("from datetime import date; from finops_pipeline.schedules import daily_finops_schedule as s, deadline_of; "
+            "print(s.cron_schedule, s.execution_timezone, deadline_of(date(2026, 11, 21)).isoformat())")
     env = {**os.environ, "FINOPS_SCHEDULE_TIME": "05:30", "FINOPS_FRESHNESS_DEADLINE": "09:00"}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert run.stdout.split() == ["30", "5", "*", "*", "*", "UTC"], run.stderr[-500:]
+    assert run.stdout.split() == ["30", "5", "*", "*", "*", "UTC", "2026-11-22T09:00:00+00:00"], run.stderr[-500:]
     bad = subprocess.run([sys.executable, "-c", code], env={**env, "FINOPS_SCHEDULE_TIME": "25:00"},
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "FINOPS_SCHEDULE_TIME must be a UTC time HH:MM, got '25:00'" in bad.stderr

@@ -77,13 +77,16 @@ def test_anthropic_cents_are_converted_exactly_across_pages(double):
 def test_transient_faults_are_retried_and_lose_nothing(double, provider, fault):
     with client(double, provider) as expected:
         lines = expected.day_lines(DAY)
-    double.fail(fault, times=2, retry_after=0, delay=1)
-    with client(double, provider, timeout_seconds=0.5) as api:
+    double.fail(fault, times=2, retry_after=0, delay=8)
+    # Only the slow fault needs a short timeout; every other answer may take as long as a busy machine makes it.
+    with client(double, provider, timeout_seconds=2 if fault == "slow" else 60) as api:
         assert api.day_lines(DAY) == lines
-    assert api.stats.retries == 2
     reason = {"429": "HTTP 429 rate limited", "drop": "RemoteProtocolError", "truncated": "malformed response body",
               "slow": "ReadTimeout"}.get(fault, f"HTTP {fault}")
-    assert api.stats.retry_reasons == {reason: 2}
+    if fault == "slow":  # the two the server held; on a busy machine, a normal answer may also pass 2 s
+        assert set(api.stats.retry_reasons) == {reason} and api.stats.retry_reasons[reason] >= 2
+    else:  # what the server sent: two faults, each retried once
+        assert api.stats.retry_reasons == {reason: 2}
 
 
 def test_429_waits_as_long_as_retry_after_says(double):

@@ -1,6 +1,6 @@
 """The way operators run it: a real `dagster dev` (webserver and daemon) on loopback, with the instance of
-dagster.yaml, a 30-day backfill launched as the UI launches it (GraphQL `launchPartitionBackfill`), and
-Langfuse and the providers' cost APIs as HTTP doubles."""
+dagster.yaml, a 30-day backfill launched as the UI launches it (GraphQL `launchPartitionBackfill`),
+Langfuse and the providers' cost APIs as HTTP doubles, and the alert sensor posting to a webhook receiver."""
 
 import os
 import shutil
@@ -19,27 +19,32 @@ import pytest
 
 from finops_pipeline_tests.billing_double import ANTHROPIC_KEY, OPENAI_KEY, BillingDouble, anthropic_result
 from finops_pipeline_tests.langfuse_double import LangfuseDouble, api_row
+from finops_pipeline_tests.webhook_double import Receiver
 
 REPO = Path(__file__).resolve().parent.parent
 DAYS = [date(2026, 10, 23) + timedelta(days=n) for n in range(30)]
+OVERBILLED = DAYS[11]  # OpenAI bills a third above the traced cost: the day's reconciliation fails with ERROR
 ASSETS = ["langfuse_generations", "allocated_costs", "openai_costs", "anthropic_costs", "other_provider_costs",
           "cost_reconciliation", "finout_upload", "focus_export"]
 CHECKS = {"unallocated_cost_share", "unpriced_generations", "extraction_complete", "cost_conserved",
-          "billed_vs_traced_gap", "delivered_cost_conserved", "focus_cost_conserved"}
+          "billed_vs_traced_gap", "delivered_cost_conserved", "focus_cost_conserved", "delivered_by_deadline"}
 LAUNCH = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
   __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
 STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
   __typename ... on PartitionBackfill { status numPartitions } ... on PythonError { message } } }"""
+CHECK_DAYS = """query { assetNodes(assetKeys: [{path: ["cost_reconciliation"]}]) { assetChecksOrError {
+  __typename ... on AssetChecks { checks { name partitionStatuses {
+    __typename ... on AssetCheckTimePartitionStatuses { ranges { startKey endKey status } } } } } } } }"""
 
 
 def traces_and_bills() -> tuple[list[dict], dict, dict]:
-    """Each day: 6 gpt-4o-mini calls at $0.01 and 4 Claude calls at $0.02, billed exactly."""
+    """Each day: 6 gpt-4o-mini calls at $0.01 and 4 Claude calls at $0.02, billed exactly but on OVERBILLED."""
     rows, openai, anthropic = [], {}, {}
     for day in DAYS:
         for n in range(10):
             model, cost = ("gpt-4o-mini-2024-07-18", 0.01) if n < 6 else ("claude-sonnet-4-20250514", 0.02)
             rows.append(api_row(f"{day}-{n}", f"{day}T{2 * n:02d}:15:00.000Z", model=model, cost=cost))
-        openai[day] = {"gpt-4o-mini-2024-07-18, input": "0.06"}
+        openai[day] = {"gpt-4o-mini-2024-07-18, input": "0.09" if day == OVERBILLED else "0.06"}
         anthropic[day] = [anthropic_result("claude-sonnet-4-20250514", "uncached_input_tokens", "8")]
     return rows, openai, anthropic
 
@@ -56,7 +61,7 @@ def dagster_dev(tmp_path):
     home, dagster_home = tmp_path / "finops", tmp_path / "dagster"
     dagster_home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
-    with LangfuseDouble(rows) as langfuse, BillingDouble(openai, anthropic, page_size=5) as bills:
+    with LangfuseDouble(rows) as langfuse, BillingDouble(openai, anthropic, page_size=5) as bills, Receiver() as webhook:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FINOPS_", "LANGFUSE_", "OPENAI_", "ANTHROPIC_"))}
         env.update({
@@ -65,6 +70,7 @@ def dagster_dev(tmp_path):
             "LANGFUSE_SECRET_KEY": langfuse.secret_key, "FINOPS_LANGFUSE_REQUESTS_PER_MINUTE": "0",
             "OPENAI_BASE_URL": bills.openai_url(), "OPENAI_ADMIN_KEY": OPENAI_KEY,
             "ANTHROPIC_BASE_URL": bills.url, "ANTHROPIC_ADMIN_KEY": ANTHROPIC_KEY,
+            "FINOPS_ALERT_WEBHOOK_URL": webhook.webhook_url, "FINOPS_START_DATE": "2026-10-01",
         })
         log = open(tmp_path / "dagster-dev.log", "w")
         process = subprocess.Popen(
@@ -83,7 +89,7 @@ def dagster_dev(tmp_path):
                     pass
                 assert time.monotonic() < deadline, "dagster dev did not start in 3 minutes"
                 time.sleep(1)
-            yield url, home, dagster_home, langfuse, bills
+            yield url, home, dagster_home, langfuse, bills, webhook
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -102,33 +108,42 @@ def graphql(url: str, query: str, variables: dict) -> dict:
     return body["data"]
 
 
+def sensor_ticks(instance: dg.DagsterInstance, name: str) -> list:
+    [state] = [s for s in instance.all_instigator_state() if s.instigator_name == name]
+    return instance.get_ticks(state.instigator_origin_id, state.selector_id)
+
+
 def test_a_30_day_backfill_from_the_ui_materialises_every_day_with_every_check(dagster_dev):
-    url, home, dagster_home, langfuse, bills = dagster_dev
+    url, home, dagster_home, langfuse, bills, webhook = dagster_dev
     launched = graphql(url, LAUNCH, {"p": {"assetSelection": [{"path": [a]} for a in ASSETS],
                                            "partitionNames": [d.isoformat() for d in DAYS], "fromFailure": False}})
     assert launched["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", launched
     backfill_id = launched["launchPartitionBackfill"]["backfillId"]
 
-    deadline = time.monotonic() + 480
+    deadline = time.monotonic() + 1200  # 20 minutes: room for a busy machine (idle, it takes about 3)
     while True:
         status = graphql(url, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
         if status.get("status") not in ("REQUESTED", "CANCELING", "FAILING"):
             break
-        assert time.monotonic() < deadline, f"backfill still {status} after 8 minutes"
+        assert time.monotonic() < deadline, f"backfill still {status} after 20 minutes"
         time.sleep(3)
-    assert status == {"__typename": "PartitionBackfill", "status": "COMPLETED_SUCCESS", "numPartitions": 30}
+    finished = time.time()
+    # One day's reconciliation failed with ERROR: its run failed, so the backfill did not complete cleanly.
+    assert status == {"__typename": "PartitionBackfill", "status": "COMPLETED_FAILED", "numPartitions": 30}
 
     instance = dg.DagsterInstance.from_config(str(dagster_home))
     runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-    assert len(runs) == 30 and {r.dagster_run.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
     assert sorted(r.dagster_run.tags["dagster/partition"] for r in runs) == [d.isoformat() for d in DAYS]
+    assert {r.dagster_run.tags["dagster/partition"]: r.dagster_run.status for r in runs} == {
+        d.isoformat(): dg.DagsterRunStatus.FAILURE if d == OVERBILLED else dg.DagsterRunStatus.SUCCESS for d in DAYS}
     # Runs may overlap (dagster.yaml allows 4 at once), but their warehouse steps took turns: every step of
     # the graph is in the `duckdb` pool of one slot, so no two steps of any runs ever ran at the same time.
     steps: dict[tuple[str, str], list[float]] = {}
     for run in runs:
         for record in instance.get_records_for_run(
-                run.dagster_run.run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}).records:
-            if record.event_log_entry.step_key in ASSETS:  # the warehouse steps (not the freshness check's)
+                run.dagster_run.run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS,
+                                                 dg.DagsterEventType.STEP_FAILURE}).records:
+            if record.event_log_entry.step_key in ASSETS:  # the warehouse steps (not the delivery check's)
                 steps.setdefault((run.dagster_run.run_id, record.event_log_entry.step_key), []).append(
                     record.event_log_entry.timestamp)
     spans = sorted(tuple(times) for times in steps.values())
@@ -138,14 +153,35 @@ def test_a_30_day_backfill_from_the_ui_materialises_every_day_with_every_check(d
         evaluated = {r.event_log_entry.dagster_event.event_specific_data.check_name
                      for r in instance.get_records_for_run(run.dagster_run.run_id,
                                                            of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records}
-        # the freshness check of finout_upload runs with the day it watches
-        assert CHECKS <= evaluated <= CHECKS | {"freshness_check"}, run.dagster_run.tags["dagster/partition"]
+        assert evaluated == CHECKS, run.dagster_run.tags["dagster/partition"]
+
+    # Each day's reconciliation check is that day's, as the UI reads it: failed on one day, passed on the others.
+    [node] = graphql(url, CHECK_DAYS, {})["assetNodes"]
+    [gap] = [c for c in node["assetChecksOrError"]["checks"] if c["name"] == "billed_vs_traced_gap"]
+    by_day = {}
+    for r in gap["partitionStatuses"]["ranges"]:
+        for n in range((date.fromisoformat(r["endKey"]) - date.fromisoformat(r["startKey"])).days + 1):
+            by_day[(date.fromisoformat(r["startKey"]) + timedelta(days=n)).isoformat()] = r["status"]
+    assert by_day == {d.isoformat(): "FAILED" if d == OVERBILLED else "SUCCEEDED" for d in DAYS}
+
+    # The alert sensor ticks cleanly on this instance (SQLite, run-sharded) and alerts the failed day once.
+    deadline = time.monotonic() + 240
+    while not [t for t in sensor_ticks(instance, "check_failure_alerts") if t.timestamp > finished + 1]:
+        assert time.monotonic() < deadline, "the alert sensor did not tick after the backfill in 4 minutes"
+        time.sleep(5)
+    ticks = sensor_ticks(instance, "check_failure_alerts")
+    assert len(ticks) >= 2 and {t.status.value for t in ticks} <= {"SUCCESS", "SKIPPED"}, [
+        (t.status, t.error) for t in ticks if t.error]
+    gap_alerts = [m for m in webhook.messages if "billed_vs_traced_gap" in m]
+    assert len(gap_alerts) == 1 and gap_alerts[0].startswith(
+        f"ERROR: cost_reconciliation {OVERBILLED}, check billed_vs_traced_gap failed: openai: billed $0.09 vs traced $0.06")
 
     with duckdb.connect(str(home / "finops.duckdb"), read_only=True) as conn:
         for table in ("langfuse_generations", "allocated_costs", "provider_costs", "cost_reconciliation"):
             assert conn.execute(f"SELECT count(DISTINCT day) FROM {table}").fetchone()[0] == 30, table
         assert conn.execute("SELECT count(*), sum(cost_usd) FROM langfuse_generations").fetchone() == (
-            300, conn.execute("SELECT sum(cost_usd) FROM provider_costs").fetchone()[0])
+            300, conn.execute("SELECT sum(cost_usd) - 0.03 FROM provider_costs").fetchone()[0])
     assert len(list((home / "finout").glob("llm-costs-*.csv"))) == 30
     assert len(list((home / "focus").glob("focus-*.csv"))) == 30
     assert langfuse.contract_errors == [] and bills.contract_errors == []
+    instance.dispose()

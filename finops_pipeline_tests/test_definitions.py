@@ -48,9 +48,21 @@ def test_schedule_runs_daily_at_two_utc():
     # what each tick launches: test_reconciliation.py::test_the_daily_tick_re_runs_the_bills_of_the_settling_days
 
 
-def test_alerts_and_freshness_run_by_default():
+def test_alerts_and_the_delivery_deadline_run_by_default():
     sensors = {s.name: s for s in defs.sensors}
-    assert set(sensors) == {"check_failure_alerts", "freshness_checks_sensor"}
+    assert set(sensors) == {"check_failure_alerts", "finout_deadline_sensor"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
     [check] = [k for c in defs.asset_checks for k in c.check_keys]
-    assert (check.asset_key.to_user_string(), check.name) == ("finout_upload", "freshness_check")
+    assert (check.asset_key.to_user_string(), check.name) == ("finout_upload", "delivered_by_deadline")
+
+
+def test_every_check_of_a_daily_asset_is_a_check_of_its_day():
+    graph = defs.resolve_asset_graph()
+    keys = graph.asset_check_keys
+    assert len(keys) == 8
+    for key in keys:
+        assert graph.get(key).partitions_def == graph.get(key.asset_key).partitions_def, key
+    # the checks that fail with ERROR fail the day's run (the reconciliation's fails its partition too, see
+    # test_downstream.py): the day shows failed in the runs list
+    blocking = {k.name for k in keys if graph.get(k).blocking}
+    assert blocking == {"extraction_complete", "cost_conserved", "delivered_cost_conserved", "focus_cost_conserved"}

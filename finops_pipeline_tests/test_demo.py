@@ -1,32 +1,48 @@
-"""`make demo` end to end, at a small size: a week staged, delivered and reconciled, one day failing."""
+"""`make demo` end to end, at a small size, on the instance `make dev` opens: a week staged, delivered and
+reconciled, one day failing, each day's checks its own."""
 
 import os
+import shutil
 import subprocess
 import sys
 from datetime import date
 
+import dagster as dg
+
 from finops_pipeline.demo.sample_data import last_complete_days
 from finops_pipeline.destinations.finout import file_name
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline_tests.conftest import query
+from finops_pipeline_tests.conftest import REPO, query
+
+GAP = dg.AssetCheckKey(dg.AssetKey("cost_reconciliation"), "billed_vs_traced_gap")
 
 
 def test_demo_week_reconciles_with_exactly_the_overbilled_day_failing(tmp_path):
-    home = tmp_path / "finops"
-    env = {**os.environ, "FINOPS_HOME": str(home), "DAGSTER_HOME": ""}
+    home, dagster_home = tmp_path / "finops", tmp_path / "dagster"
+    dagster_home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {**os.environ, "FINOPS_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
     run = subprocess.run([sys.executable, "-m", "finops_pipeline.demo", "--generations-per-day", "600"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Warning" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
     days = last_complete_days(7)
     overbilled = days[3]
     settings = FinopsSettings.from_env({"FINOPS_HOME": str(home)})
 
-    # The summary a finance lead reads: per day and provider, and one failing day.
-    lines = [line for line in run.stdout.splitlines() if line[:10] in {d.isoformat() for d in days}]
-    failing = {line[:10] for line in lines if "check FAIL" in line}
-    assert failing == {overbilled.isoformat()}
-    assert any(line.startswith(overbilled.isoformat()) and "openai" in line and "ERROR" in line for line in lines)
+    # The summary a finance lead reads: each provider's own verdict, a total per day, one failing day.
+    lines = [line for line in run.stdout.splitlines()
+             if line[:10] in {d.isoformat() for d in days} and line[10:12] == "  "]  # the table's rows
+    totals = {line[:10]: line for line in lines if line[12:].startswith("total")}
+    assert {day for day, line in totals.items() if "check FAIL (ERROR)" in line} == {overbilled.isoformat()}
+    [openai] = [line for line in lines if line.startswith(f"{overbilled}  openai")]
+    [anthropic] = [line for line in lines if line.startswith(f"{overbilled}  anthropic")]
+    assert openai.endswith("ERROR") and anthropic.endswith("ok")
+    for line in lines:  # the gap is the difference of the rounded figures printed
+        traced, billed, gap = (float(v.replace(",", "")) for v in line[37:71].split())
+        assert round(billed - traced, 2) == gap, line
     assert "Top features by cost" in run.stdout and "Top teams by cost" in run.stdout
+    assert f"materialised {overbilled}: run " in run.stdout and "FAILED: check cost_reconciliation billed_vs_traced_gap" in run.stdout
 
     # The failing day is explained: the gap is a model billed but never traced.
     assert f"{overbilled}: largest gaps: openai gpt-4.1-nano: +" in run.stdout
@@ -34,6 +50,16 @@ def test_demo_week_reconciles_with_exactly_the_overbilled_day_failing(tmp_path):
     # The two youngest days' bills are still settling.
     assert sorted(query(settings, "SELECT DISTINCT day FROM cost_reconciliation WHERE NOT final")) == [
         (d,) for d in days[-2:]]
+
+    # Each day's check result is that day's, on the instance `make dev` opens; the failing day's run is failed.
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        latest: dict[str, str] = {}
+        for row in instance.event_log_storage.get_asset_check_execution_history(GAP, limit=100):
+            latest.setdefault(row.partition, row.status.value)
+        assert latest == {d.isoformat(): "FAILED" if d == overbilled else "SUCCEEDED" for d in days}
+        runs = {r.dagster_run.tags["dagster/partition"]: r.dagster_run.status for r in instance.get_run_records()}
+        assert runs == {d.isoformat(): dg.DagsterRunStatus.FAILURE if d == overbilled else dg.DagsterRunStatus.SUCCESS
+                        for d in days}
 
     recon = query(settings, """
         SELECT day, provider, gap_pct FROM cost_reconciliation WHERE depth = 'provider' AND provider IN ('openai', 'anthropic')""")

@@ -12,6 +12,7 @@ from finops_pipeline.destinations.finout import file_name
 from finops_pipeline_tests.conftest import (
     DAY,
     check_evaluation,
+    failed_on_checks,
     cover_day,
     generation,
     materialization_metadata,
@@ -123,7 +124,11 @@ def test_reconciliation_check_around_the_thresholds(settings, settled, openai_ga
     openai_billed = (TRACED["openai"] / (1 - openai_gap_pct / 100)).quantize(Decimal("0.000001"))
     bill(settings, openai_billed, TRACED["anthropic"])
     result = materialize_day(settings)
-    assert result.success  # a failed reconciliation check does not fail the run
+    # an ERROR fails the day's run (the check is blocking; the reconciliation is recorded first); a WARN does not
+    assert result.success is (severity != "ERROR")
+    if severity == "ERROR":
+        assert failed_on_checks(result) == {"cost_reconciliation"}
+        assert query(settings, "SELECT count(*) FROM cost_reconciliation")[0][0] > 0
     evaluation = check_evaluation(result, "billed_vs_traced_gap")
     assert evaluation.passed is passed
     if not passed:

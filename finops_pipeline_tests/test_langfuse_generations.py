@@ -5,13 +5,17 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import dagster as dg
+import pytest
 
 from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline_tests.conftest import (
     DAY,
+    check_evaluation,
     cover_day,
     day_window,
+    failed_on_checks,
     generation,
     materialization_metadata,
     materialize_day,
@@ -192,26 +196,35 @@ def test_bad_rows_are_quarantined_with_file_line_and_reason_not_fatal(settings):
     assert materialization_metadata(result, "langfuse_generations")["quarantined_rows"] == len(BAD_LINES)
 
 
-def test_an_unreadable_file_is_quarantined_and_the_day_goes_on(settings):
+def test_an_unreadable_file_is_quarantined_and_stops_the_days_delivery(settings):
     cover_day(settings, {14: [generation("fine", "2026-11-21 14:30:00.000000")]})
     start, _ = day_window()
-    broken = write_export_file(export_dir(settings), start + timedelta(hours=15), start + timedelta(hours=16), [])
+    broken = write_export_file(export_dir(settings), start + timedelta(hours=15), start + timedelta(hours=16),
+                               [generation("lost", "2026-11-21 15:30:00.000000")])
     broken.write_bytes(gzip.compress(b'{"id":"x"}\n')[:-12])  # truncated gzip
-    result = materialize_day(settings, selection=STAGE)
-    assert result.success
+    result = materialize_day(settings, selection=[*STAGE, "allocated_costs", "finout_upload"])
+    # the rows that could be read are staged and the file is quarantined; the day is not delivered
+    assert failed_on_checks(result) == {"langfuse_generations"}
     assert staged_ids(settings) == ["fine"]
     [(file, line, reason)] = query(settings, "SELECT file, line, reason FROM quarantine")
     assert file == str(broken) and line is None and reason.startswith("unreadable jsonl file")
+    complete = check_evaluation(result, "extraction_complete")
+    assert not complete.passed and complete.severity == dg.AssetCheckSeverity.ERROR
+    assert complete.description.startswith("1 of 24 export files not read whole: cm-demo-project/observations_v2/"
+                                           "2026-11-21T16-00-00.jsonl.gz: read 0 rows, its manifest says 1 "
+                                           "(unreadable jsonl file")
+    assert not result.get_step_success_events()  # nothing downstream ran
+    assert not (Path(settings.finout_dir) / "llm-costs-2026-11-21.csv").exists()
 
 
 def test_a_gzip_file_of_several_members_is_staged_whole(settings):
     """`cat a.jsonl.gz b.jsonl.gz` is valid gzip whose trailer sizes only the last member: the ISA-L reader
     must not stop there (it raises, and DuckDB's own gzip reads the file)."""
-    cover_day(settings, {14: [generation("first", "2026-11-21 14:10:00.000000")]})
+    more = [generation(f"more-{n}", "2026-11-21 14:20:00.000000") for n in range(3)]
+    cover_day(settings, {14: [generation("first", "2026-11-21 14:10:00.000000"), *more]})
     [path] = [p for p in export_dir(settings).rglob("*.jsonl.gz") if p.name.startswith("2026-11-21T15")]
-    more = b"".join(json.dumps(generation(f"more-{n}", "2026-11-21 14:20:00.000000")).encode() + b"\n"
-                    for n in range(3))
-    path.write_bytes(path.read_bytes() + gzip.compress(more))
+    first, *rest = gzip.decompress(path.read_bytes()).splitlines(keepends=True)
+    path.write_bytes(gzip.compress(first) + gzip.compress(b"".join(rest)))  # the same 4 rows, as two members
     result = materialize_day(settings, selection=STAGE)
     assert result.success
     assert staged_ids(settings) == ["first", "more-0", "more-1", "more-2"]
@@ -230,7 +243,62 @@ def test_an_export_that_has_not_reached_the_days_end_fails_the_day(settings):
     write_export_file(export_dir(settings), start, start + timedelta(hours=20), [generation("a", "2026-11-21 01:00:00")])
     result = materialize_day(settings, selection=STAGE)
     assert not result.success
-    assert "does not cover 2026-11-21" in str(result.get_step_failure_events()[0].step_failure_data.error)
+    message = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert ("does not cover 2026-11-21" in message and "covers 2026-11-21 00:00:00 UTC .. 2026-11-21 20:00:00 UTC; "
+            "not covered: 2026-11-21 20:00:00 UTC .. 2026-11-22 00:00:00 UTC" in message)
+    assert query(settings, "SELECT count(*) FROM langfuse_generations") == [(0,)]
+
+
+def test_a_day_before_the_exports_first_window_fails_and_delivers_nothing(settings):
+    """The README's trap: a day the export never covered is unknown, not a $0 day."""
+    cover_day(settings, {9: [generation("next", "2026-11-22 09:00:00")]}, day=DAY + timedelta(days=1))
+    result = materialize_day(settings, selection=[*STAGE, "allocated_costs", "finout_upload", "focus_export"])
+    assert not result.success and not result.get_step_success_events()
+    message = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "The Langfuse export does not cover 2026-11-21, so its cost is unknown (not $0)" in message
+    assert ("covers 2026-11-22 00:00:00 UTC .. 2026-11-23 00:00:00 UTC; not covered: 2026-11-21 00:00:00 UTC .. "
+            "2026-11-22 00:00:00 UTC" in message)
+    assert not Path(settings.finout_dir).exists() and not Path(settings.focus_dir).exists()
+
+
+def test_a_hole_between_windows_fails_naming_it(settings):
+    cover_day(settings, {9: [generation("a", "2026-11-21 09:00:00")]})
+    # the run of 10:00..11:00 never finished: its file is there, its manifest is not
+    [manifest] = export_dir(settings).rglob("manifests/2026-11-21T11-00-00.json")
+    manifest.unlink()
+    result = materialize_day(settings, selection=STAGE)
+    assert not result.success
+    message = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "not covered: 2026-11-21 10:00:00 UTC .. 2026-11-21 11:00:00 UTC" in message
+    assert "A hole between windows: an export run failed or its manifest is missing" in message
+
+
+@pytest.mark.parametrize("ext", ["jsonl.gz", "jsonl", "csv.gz", "parquet"])
+def test_quiet_windows_make_a_genuine_zero_day_that_is_delivered(settings, ext):
+    """Langfuse writes a file (and its manifest, rowCount 0) for every window, however quiet: a day of
+    empty windows is covered and proved empty, and is delivered as $0."""
+    cover_day(settings, ext=ext)
+    result = materialize_day(settings, selection=[*STAGE, "allocated_costs", "finout_upload"])
+    assert result.success
+    complete = check_evaluation(result, "extraction_complete")
+    assert complete.passed and complete.description.startswith("24 export files read whole, 0 rows")
+    assert materialization_metadata(result, "finout_upload")["total_cost_usd"] == 0
+    assert (Path(settings.finout_dir) / "llm-costs-2026-11-21.csv").read_text().startswith("UsageDate,Cost")
+
+
+def test_a_file_short_of_its_manifest_fails_the_completeness_check_and_stops_delivery(settings):
+    rows = [generation(f"r{n}", "2026-11-21 09:30:00") for n in range(3)]
+    cover_day(settings, {9: rows})
+    [path] = export_dir(settings).rglob("observations_v2/2026-11-21T10-00-00.jsonl.gz")
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()).splitlines(keepends=True)[0]))  # one of three
+    result = materialize_day(settings, selection=[*STAGE, "allocated_costs", "finout_upload"])
+    assert failed_on_checks(result) == {"langfuse_generations"}
+    complete = check_evaluation(result, "extraction_complete")
+    assert not complete.passed and complete.severity == dg.AssetCheckSeverity.ERROR
+    assert ("1 of 24 export files not read whole: cm-demo-project/observations_v2/2026-11-21T10-00-00.jsonl.gz: "
+            "read 1 rows, its manifest says 3 (-2 rows against its manifest)") in complete.description
+    assert complete.metadata["files_not_read_whole"].value == 1
+    assert not (Path(settings.finout_dir) / "llm-costs-2026-11-21.csv").exists()
 
 
 def test_rerun_replaces_the_partition_and_keeps_other_days(settings):

@@ -11,6 +11,7 @@ import time_machine
 from finops_pipeline_tests.conftest import (
     DAY,
     check_evaluation,
+    failed_on_checks,
     cover_day,
     generation,
     materialization_metadata,
@@ -35,7 +36,8 @@ def reconcile(settings, **overrides):
     cover_day(settings, {9: ROWS})
     write_openai_bill(Path(settings.billing_dir), DAY, BILL, pages=2)
     result = materialize_day(settings, billed_providers=["openai"], **overrides)
-    assert result.success
+    # the gap is far past the error threshold: the day's run is failed by its reconciliation, and only by it
+    assert result.success or failed_on_checks(result) == {"cost_reconciliation"}
     return result
 
 
@@ -76,7 +78,11 @@ def test_each_depth_shows_where_the_gap_comes_from(settings, settled):
     assert "openai gpt-4.1-nano" in first_row["by_model"] and "billed, not traced" in first_row["by_model"]
     assert "openai gpt-4o cached" in first_row["by_token_kind"] and "0.5" in first_row["by_token_kind"]
     assert "no provider: model acme-llama-ft" in tables["by_provider"]
-    assert materialization_metadata(result, "cost_reconciliation")["final"] is True
+    # The settled day fails: no materialization, but its figures are recorded as an observation for the plots.
+    assert not [e for e in result.get_asset_materialization_events() if e.asset_key.path == ["cost_reconciliation"]]
+    [observed] = [e.event_specific_data.asset_observation for e in result.get_asset_observation_events()]
+    assert observed.partition == "2026-11-21" and observed.metadata["final"].value is True
+    assert observed.metadata["openai_billed_usd"].value == 41.535
 
 
 def test_mapped_models_reconcile_against_the_csv_bill_of_their_provider(settings, settled):

@@ -4,7 +4,7 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from finops_pipeline.partitions import daily_partitions, partition_day
+from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
 CONSERVATION_CHECK = "cost_conserved"
@@ -33,8 +33,8 @@ GROUP BY ALL
         "model: calls, tokens by kind, and cost. Unpriced calls are counted, not priced at $0."
     ),
     check_specs=[
-        dg.AssetCheckSpec(CONSERVATION_CHECK, asset="allocated_costs", blocking=True,
-                          description="Cost and call count allocated equal cost and count staged."),
+        daily_check(CONSERVATION_CHECK, "allocated_costs", blocking=True,
+                    description="Cost and call count allocated equal cost and count staged."),
     ],
 )
 def allocated_costs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:

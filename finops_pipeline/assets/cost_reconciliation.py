@@ -1,5 +1,6 @@
 """cost_reconciliation: billed vs traced cost per day at three depths, and the check that fails on a gap."""
 
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -7,7 +8,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.generations import register_model_prices
-from finops_pipeline.partitions import daily_partitions, partition_day
+from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
 from finops_pipeline.reconciliation import (
     PREPARE_SQL,
     RECONCILE_SQL,
@@ -20,6 +21,7 @@ from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
 GAP_CHECK = "billed_vs_traced_gap"
+FAILED_DAY = "Reconciliation failed for"  # how the step's failure starts when the gap check fails with ERROR
 DEPTHS = ("provider", "model", "token_kind")
 SHOWN_PER_DEPTH = 15  # rows of each depth in the check's tables; all of them are in the table
 
@@ -37,14 +39,14 @@ SHOWN_PER_DEPTH = 15  # rows of each depth in the check's tables; all of them ar
         "provisional until its bills settle (FINOPS_SETTLING_DAYS after it ends)."
     ),
     check_specs=[
-        dg.AssetCheckSpec(GAP_CHECK, asset="cost_reconciliation",
-                          description="|billed − traced| per billing provider within the warn and error thresholds; "
-                                      "a provisional day warns at most."),
+        daily_check(GAP_CHECK, "cost_reconciliation",
+                    description="|billed − traced| per billing provider within the warn and error thresholds; "
+                                "a provisional day warns at most. An ERROR fails the day: its run and its partition."),
     ],
 )
 def cost_reconciliation(
     context: dg.AssetExecutionContext, duckdb: DuckDBResource, settings: FinopsSettings
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetObservation | dg.AssetCheckResult]:
     day = partition_day(context)
     settled_at = final_after(day, settings.settling_days)
     final = datetime.now(timezone.utc) >= settled_at
@@ -66,7 +68,16 @@ def cost_reconciliation(
             metadata[f"{r.provider}_traced_usd"] = float(r.traced_usd)
             metadata[f"{r.provider}_billed_usd"] = float(r.billed_usd)
     metadata["by_provider"] = check.metadata["by_provider"]
-    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+    if check.passed or check.severity != dg.AssetCheckSeverity.ERROR:
+        yield dg.MaterializeResult(metadata=metadata, check_results=[check])
+        return
+    # The bill disagrees with the traces on a settled day: the day fails, visibly wherever a user looks for
+    # it. A blocking check would fail the run but record the partition as materialized, so the partition
+    # view and a backfill would call the day done. Instead the day's figures are recorded (the table, an
+    # observation for the plots, the check), and the step fails without a materialization.
+    yield dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key, metadata=metadata)
+    yield check
+    raise dg.Failure(description=f"{FAILED_DAY} {day}: {check.description}", allow_retries=False)
 
 
 def gap_check(table: pd.DataFrame, settings: FinopsSettings, final: bool, settled_at: datetime) -> dg.AssetCheckResult:

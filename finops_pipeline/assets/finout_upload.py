@@ -11,7 +11,7 @@ from dagster_duckdb import DuckDBResource
 from finops_pipeline.cost_basis import delivered_and_expected, prepare_delivered
 from finops_pipeline.destinations.finout import file_name, finout_rows_sql, write_day_csv
 from finops_pipeline.destinations.s3 import S3DeliveryError, put_file
-from finops_pipeline.partitions import partition_day, daily_partitions
+from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect
 
@@ -72,8 +72,8 @@ def build_finout_upload(basis: str) -> dg.AssetsDefinition:
             "FINOPS_FINOUT_S3_URI, put to S3 as the day's one object: a re-run replaces the day, so Finout never "
             "counts a day twice."
         ),
-        check_specs=[dg.AssetCheckSpec(
-            DELIVERED_CHECK, asset="finout_upload",
+        check_specs=[daily_check(
+            DELIVERED_CHECK, "finout_upload", blocking=True,
             description=f"The delivered file's Cost column sums to the day's cost on the {basis} basis, exactly.")],
     )
     def finout_upload(context: dg.AssetExecutionContext, duckdb: DuckDBResource,

@@ -7,7 +7,7 @@ from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.assets.finout_upload import deliver_day, delivery_asset_args
 from finops_pipeline.destinations.focus import focus_rows_sql
-from finops_pipeline.partitions import partition_day
+from finops_pipeline.partitions import daily_check, partition_day
 from finops_pipeline.settings import FinopsSettings
 
 FOCUS_CHECK = "focus_cost_conserved"
@@ -24,8 +24,8 @@ def build_focus_export(basis: str) -> dg.AssetsDefinition:
             "ChargeCategory 'Usage', tokens as ConsumedQuantity, the allocation keys in Tags, model and feature as "
             "x_ columns."
         ),
-        check_specs=[dg.AssetCheckSpec(
-            FOCUS_CHECK, asset="focus_export",
+        check_specs=[daily_check(
+            FOCUS_CHECK, "focus_export", blocking=True,
             description=f"The file's BilledCost sums to the day's cost on the {basis} basis, exactly.")],
     )
     def focus_export(context: dg.AssetExecutionContext, duckdb: DuckDBResource,

@@ -5,10 +5,9 @@ Read from the Langfuse API v2 when keys are set (resources.py), else from the bl
 """
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -16,52 +15,48 @@ import duckdb
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from finops_pipeline.completeness import COMPLETENESS_CHECK, api_completeness, export_completeness, uncovered_day_message
 from finops_pipeline.generations import UNALLOCATED, generations_sql, prepare_day
-from finops_pipeline.partitions import daily_partitions, day_bounds, partition_day
+from finops_pipeline.partitions import daily_check, daily_partitions, day_bounds, partition_day
 from finops_pipeline.resources import LangfuseApiResource
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.sources.langfuse_api import COST_TYPES, LangfuseApiError, ServerTotals
-from finops_pipeline.sources.langfuse_export import list_export_files
+from finops_pipeline.sources.langfuse_api import LangfuseApiError
+from finops_pipeline.sources.langfuse_export import coverage, list_export_files
 from finops_pipeline.sources.observation_rows import ApiPageLoader, Rejected, read_observations
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
 ASSET = "langfuse_generations"
 UNALLOCATED_CHECK = "unallocated_cost_share"
 UNPRICED_CHECK = "unpriced_generations"
-COMPLETENESS_CHECK = "extraction_complete"
 
 
-@dg.multi_asset(
-    specs=[dg.AssetSpec(
-        ASSET,
-        group_name="ingestion",
-        kinds={"langfuse", "duckdb"},
-        description=(
-            "Generation-level tokens and cost for the day, from the Langfuse API v2 (when LANGFUSE_PUBLIC_KEY "
-            "and LANGFUSE_SECRET_KEY are set) or the Langfuse blob export: one row per observation that "
-            "carries cost or usage, deduped by id, priced from the price table where Langfuse had no price, "
-            "with the allocation keys resolved. Malformed rows go to the `quarantine` table with where they "
-            "came from and why. Never prompt or completion text."
-        ),
-    )],
+@dg.asset(
+    name=ASSET,
+    group_name="ingestion",
+    kinds={"langfuse", "duckdb"},
+    description=(
+        "Generation-level tokens and cost for the day, from the Langfuse API v2 (when LANGFUSE_PUBLIC_KEY "
+        "and LANGFUSE_SECRET_KEY are set) or the Langfuse blob export: one row per observation that "
+        "carries cost or usage, deduped by id, priced from the price table where Langfuse had no price, "
+        "with the allocation keys resolved. Malformed rows go to the `quarantine` table with where they "
+        "came from and why. Never prompt or completion text. A day the export's windows do not cover fails."
+    ),
     partitions_def=daily_partitions,
     pool=WAREHOUSE_POOL,
     check_specs=[
-        dg.AssetCheckSpec(UNALLOCATED_CHECK, asset=ASSET,
-                          description="Share of the day's cost with an allocation key left `unallocated`."),
-        dg.AssetCheckSpec(UNPRICED_CHECK, asset=ASSET,
-                          description="Generations neither Langfuse nor the price table could price."),
-        dg.AssetCheckSpec(COMPLETENESS_CHECK, asset=ASSET, blocking=True,
-                          description="API extraction only: the day's extracted observations and cost match "
-                                      "Langfuse's own totals (GET /api/public/v2/metrics)."),
+        daily_check(UNALLOCATED_CHECK, ASSET,
+                    description="Share of the day's cost with an allocation key left `unallocated`."),
+        daily_check(UNPRICED_CHECK, ASSET,
+                    description="Generations neither Langfuse nor the price table could price."),
+        daily_check(COMPLETENESS_CHECK, ASSET, blocking=True,
+                    description="The day was extracted whole: from the export, every file read as its manifest "
+                                "counts it; from the API, the day's count and cost match Langfuse's own totals "
+                                "(GET /api/public/v2/metrics). An ERROR stops the day's delivery."),
     ],
-    # The completeness check has nothing to compare against when the day comes from the blob export:
-    # it is then left unevaluated rather than passed.
-    can_subset=True,
 )
 def langfuse_generations(
     context: dg.AssetExecutionContext, duckdb: DuckDBResource, settings: FinopsSettings, langfuse: LangfuseApiResource
-) -> Iterator[dg.MaterializeResult]:
+) -> dg.MaterializeResult:
     day = partition_day(context)
     with connect(duckdb) as conn:
         extraction = (_extract_from_api(context, conn, langfuse, settings, day) if langfuse.configured
@@ -80,7 +75,7 @@ def langfuse_generations(
         quarantined = conn.execute("SELECT count(*) FROM day_quarantine").fetchone()[0]
         quarantine_sample = conn.execute(
             "SELECT file, line, reason FROM day_quarantine ORDER BY file, line LIMIT 10").df()
-        extracted = _extracted(conn, day) if langfuse.configured else None
+        complete = extraction.completeness(conn, day)
 
     for r in extraction.rejected:
         context.log.warning(f"Quarantined {r.file}{f' line {r.line}' if r.line else ''}: {r.reason}")
@@ -96,41 +91,36 @@ def langfuse_generations(
     }
     if quarantined:
         metadata["quarantine_sample"] = dg.MetadataValue.md(quarantine_sample.to_markdown(index=False))
-    checks = [unallocated_check(stats, settings), unpriced_check(stats, settings)]
-    if extracted is not None:
-        checks.append(completeness_check(*extracted, extraction, settings))
-    yield dg.MaterializeResult(metadata=metadata, check_results=checks)
+    checks = [unallocated_check(stats, settings), unpriced_check(stats, settings), complete]
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 @dataclass
 class Extraction:
-    """What a source loaded into scratch.observations, besides the rows."""
+    """What a source loaded into scratch.observations, besides the rows, and how to prove it whole."""
 
-    rejected: list[Rejected] = field(default_factory=list)
-    metadata: dict = field(default_factory=dict)
-    server_totals: ServerTotals | None = None  # the API's own count and cost of the day
-    server_error: str | None = None  # why they could not be had
+    rejected: list[Rejected]
+    metadata: dict
+    # (conn, day) -> the extraction_complete result, once the rows are in scratch.observations
+    completeness: Callable[[duckdb.DuckDBPyConnection, date], dg.AssetCheckResult]
 
 
 def _extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: FinopsSettings, day: date) -> Extraction:
     start, end = day_bounds(day)
     export_dir = Path(settings.langfuse_export_dir)
     listing = list_export_files(export_dir)
+    gaps = [c for c in coverage(listing.files, start, end) if c.holes]
+    if gaps or not listing.files:
+        raise dg.Failure(uncovered_day_message(export_dir, day, gaps))
     files = [f for f in listing.files if f.overlaps(start, end)]
-    covered_until = max((f.window_end for f in listing.files), default=None)
-    if covered_until is None or covered_until < end:
-        raise dg.Failure(
-            f"The Langfuse export in {export_dir} does not cover {day} yet: its last file's window ends at "
-            f"{covered_until.isoformat() if covered_until else 'never (no export files)'}; the day ends at "
-            f"{end.isoformat()}. Re-run once the export has caught up."
-        )
     for path in listing.unlisted:
         context.log.warning(f"Skipped {path}: no manifest lists it yet (Langfuse may still be writing it).")
     for path, why in listing.unreadable_manifests:
         context.log.warning(f"Skipped manifest {path}: {why}")
     rejected = read_observations(conn, files, settings.allocation_keys)
     return Extraction(rejected, {"source": f"blob export {export_dir}", "files_read": len(files),
-                                 "files_skipped_unlisted": len(listing.unlisted)})
+                                 "files_skipped_unlisted": len(listing.unlisted)},
+                      lambda conn, day: export_completeness(conn, files, rejected))
 
 
 def _extract_from_api(context, conn: duckdb.DuckDBPyConnection, langfuse: LangfuseApiResource,
@@ -148,73 +138,20 @@ def _extract_from_api(context, conn: duckdb.DuckDBPyConnection, langfuse: Langfu
         except LangfuseApiError as exc:
             raise dg.Failure(str(exc)) from None
         seconds = time.monotonic() - started
-        extraction = Extraction(metadata={
-            "source": f"langfuse api {api.host}",
-            "api_requests": stats.requests, "api_pages": stats.pages, "api_retries": stats.retries,
-            "api_retry_reasons": ", ".join(f"{why} ×{n}" for why, n in stats.retry_reasons.most_common()) or "none",
-            "api_rate_limited": stats.rate_limited, "api_windows_split": stats.windows_split,
-            "api_fetch_seconds": round(seconds, 2),
-        })
         try:
-            extraction.server_totals = api.totals(start, end)
+            totals, unavailable = api.totals(start, end), None
         except LangfuseApiError as exc:
-            extraction.server_error = str(exc)
+            totals, unavailable = None, str(exc)
     if stats.retries or stats.windows_split:
         context.log.warning(f"Langfuse API: {stats.retries} retries ({stats.rate_limited} rate-limited), "
                             f"{stats.windows_split} windows split after server timeouts.")
-    return extraction
-
-
-def _extracted(conn: duckdb.DuckDBPyConnection, day: date) -> tuple[int, Decimal]:
-    """Observations of the day as extracted (quarantined ones included: they were fetched) and their
-    Langfuse cost, each id once."""
-    count, cost = conn.execute("""
-        SELECT count(*), coalesce(sum(cost), 0) FROM (
-            SELECT o.id, max(o.langfuse_cost) AS cost
-            FROM scratch.observations o JOIN scratch.sources s USING (file_rank)
-            WHERE coalesce(o.start_time::DATE, s.file_day) = $day GROUP BY o.id)""", {"day": day}).fetchone()
-    return count, cost
-
-
-def completeness_check(count: int, cost: Decimal, extraction: Extraction, settings: FinopsSettings) -> dg.AssetCheckResult:
-    tolerance = settings.completeness_tolerance_pct
-    server = extraction.server_totals
-    if server is None:
-        return dg.AssetCheckResult(
-            check_name=COMPLETENESS_CHECK, passed=False, severity=dg.AssetCheckSeverity.WARN,
-            description=f"Could not verify: Langfuse's totals for the day are unavailable ({extraction.server_error})",
-            metadata={"extracted_observations": count, "extracted_cost_usd": float(cost)},
-        )
-
-    def gap_pct(ours, theirs) -> float:
-        return float(abs(Decimal(ours) - Decimal(theirs)) * 100 / Decimal(theirs)) if theirs else (0.0 if not ours else 100.0)
-
-    count_gap, cost_gap = gap_pct(count, server.observations), gap_pct(cost, server.total_cost)
-    passed = count_gap <= tolerance and cost_gap <= tolerance
-    description = (
-        f"Extracted {count:,} observations / ${cost:,.2f}; Langfuse counts {server.observations:,} / "
-        f"${server.total_cost:,.2f} (gaps {count_gap:.2f}% and {cost_gap:.2f}%, "
-        f"{'within' if passed else 'above'} the {tolerance:g}% tolerance)"
-    )
-    if not passed:
-        description += (". Rows are missing from the extraction (or arrived since): re-run the day; if it "
-                        "persists, the API is not serving every row.")
-    return dg.AssetCheckResult(
-        check_name=COMPLETENESS_CHECK,
-        passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=description,
-        metadata={
-            "extracted_observations": count,
-            "langfuse_observations": server.observations,
-            "extracted_cost_usd": float(cost),
-            "langfuse_cost_usd": float(server.total_cost),
-            "count_gap_pct": count_gap,
-            "cost_gap_pct": cost_gap,
-            "tolerance_pct": tolerance,
-            "observation_types": ", ".join(COST_TYPES),
-        },
-    )
+    return Extraction([], {
+        "source": f"langfuse api {api.host}",
+        "api_requests": stats.requests, "api_pages": stats.pages, "api_retries": stats.retries,
+        "api_retry_reasons": ", ".join(f"{why} ×{n}" for why, n in stats.retry_reasons.most_common()) or "none",
+        "api_rate_limited": stats.rate_limited, "api_windows_split": stats.windows_split,
+        "api_fetch_seconds": round(seconds, 2),
+    }, lambda conn, day: api_completeness(conn, day, totals, unavailable, settings.completeness_tolerance_pct))
 
 
 def generation_stats(conn, day, keys: list[str]) -> dict:

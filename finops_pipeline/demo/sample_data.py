@@ -10,7 +10,8 @@
 - Provider bills in the providers' API formats, equal to the traced cost within ±1%, except on the
   `overbilled_day`: OpenAI bills ~15% more, for a model no trace mentions (a batch job without the SDK).
 
-Everything is seeded by the date, so a day's data is the same whatever day the demo runs.
+Everything is seeded by the day's place in the sample (the first day, the second, ...), not by its date:
+the sample's figures are the same whichever week the demo writes, so the README can quote them.
 """
 
 from __future__ import annotations
@@ -142,17 +143,19 @@ def _span(rng: random.Random, moment: datetime, obs_id: str) -> dict:
             "cost_details": {}, "total_cost": None, "tags": [], "metadata": {"feature": "search-rerank"}}
 
 
-def _midnight_row(day: date) -> dict:
-    """The generation at exactly 00:00:00.000000 of `day`: in the previous day's last file and this day's first."""
-    rng = random.Random(f"midnight-{day.isoformat()}")
+def _midnight_row(day: date, seed: int) -> dict:
+    """The generation at exactly 00:00:00.000000 of `day` (the `seed`-th of the sample): in the previous day's
+    last file and this day's first."""
+    rng = random.Random(f"midnight-{seed}")
     return _generation(rng, day, datetime(day.year, day.month, day.day), f"obs-{day.isoformat()}-midnight")
 
 
-def day_rows(day: date, generations: int) -> list[dict]:
-    """The day's observations, ordered by start time: generations, a few spans, and the boundary rows."""
-    rng = random.Random(f"finops-demo-{day.isoformat()}")
+def day_rows(day: date, generations: int, seed: int) -> list[dict]:
+    """The observations of `day`, the `seed`-th day of the sample, ordered by start time: generations, a
+    few spans, and the boundary rows."""
+    rng = random.Random(f"finops-demo-{seed}")
     start = datetime(day.year, day.month, day.day)
-    rows = [_midnight_row(day)]
+    rows = [_midnight_row(day, seed)]
     for i in range(generations - 2):
         moment = start + timedelta(microseconds=rng.randrange(1, 86_400_000_000))
         rows.append(_generation(rng, day, moment, f"obs-{day.isoformat()}-{i:07d}"))
@@ -173,8 +176,12 @@ def _write_jsonl_gz(path: Path, rows: list[dict], extra_lines: tuple[str, ...] =
 
 
 def _write_csv_gz(path: Path, rows: list[dict]) -> None:
-    """As Langfuse writes CSV: header from the first row, every cell quoted, objects and arrays as JSON."""
-    header = list(rows[0]) if rows else ["id"]
+    """As Langfuse writes CSV: header from the first row (none for an empty window: the file is empty),
+    every cell quoted, objects and arrays as JSON."""
+    if not rows:
+        with gzip.open(path, "wt", encoding="utf-8"):
+            return
+    header = list(rows[0])
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
     writer.writerow(header)
@@ -221,8 +228,9 @@ def write_export_file(export_dir: Path, lo: datetime, hi: datetime, rows: list[d
         raise ValueError(f"raw extra lines only go into JSONL files, not {ext}")
     else:
         {"parquet": _write_parquet, "csv.gz": _write_csv_gz}[ext](path, rows)
-    if manifest:
-        write_manifest(export_dir, project_id, lo, hi, path, None if ext == "parquet" else len(rows))
+    if manifest:  # Langfuse counts the rows it wrote (a line damaged since is still one); Parquet it cannot count
+        count = len(rows) + sum(1 for line in extra_lines if line.strip())
+        write_manifest(export_dir, project_id, lo, hi, path, None if ext == "parquet" else count)
     return path
 
 
@@ -244,11 +252,11 @@ def write_manifest(export_dir: Path, project_id: str, lo: datetime, hi: datetime
     (manifest_dir / f"{hi.strftime('%Y-%m-%dT%H-%M-%S')}.json").write_text(json.dumps(body, indent=2) + "\n")
 
 
-def write_export_day(export_dir: Path, day: date, rows: list[dict], corrupt_line: bool = False) -> None:
-    """24 hourly export runs for `day`, each window [h, h+1h] inclusive. The last also holds the next
-    day's midnight row: a row on a window bound is exported twice."""
+def write_export_day(export_dir: Path, day: date, rows: list[dict], seed: int, corrupt_line: bool = False) -> None:
+    """24 hourly export runs for `day` (the `seed`-th of the sample), each window [h, h+1h] inclusive. The
+    last also holds the next day's midnight row: a row on a window bound is exported twice."""
     start = datetime(day.year, day.month, day.day)
-    next_midnight = _midnight_row(day + timedelta(days=1))
+    next_midnight = _midnight_row(day + timedelta(days=1), seed + 1)
     for hour in range(24):
         lo, hi = start + timedelta(hours=hour), start + timedelta(hours=hour + 1)
         window = [r for r in rows if _ts(lo) <= r["start_time"] <= _ts(hi)]
@@ -288,8 +296,8 @@ _ANTHROPIC_KIND = {"input": ("uncached_input_tokens", "Input Tokens"),
                    "output": ("output_tokens", "Output Tokens")}
 
 
-def write_billing_day(billing_dir: Path, day: date, rows: list[dict], overbill: bool) -> None:
-    rng = random.Random(f"finops-bill-{day.isoformat()}")
+def write_billing_day(billing_dir: Path, day: date, rows: list[dict], overbill: bool, seed: int) -> None:
+    rng = random.Random(f"finops-bill-{seed}")
     lines = _billed_lines(day, rows, overbill, rng)
     start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     end = start + timedelta(days=1)
@@ -329,9 +337,9 @@ def write_sample(home: Path, days: list[date], generations_per_day: int = 8000,
     billing_dir = billing_dir or home / "billing"
     overbilled = days[min(3, len(days) - 1)]
     total = 0
-    for day in days:
-        rows = day_rows(day, generations_per_day)
+    for seed, day in enumerate(days):
+        rows = day_rows(day, generations_per_day, seed)
         total += sum(1 for r in rows if r["type"] == "GENERATION")
-        write_export_day(export_dir, day, rows, corrupt_line=(day == days[0]))
-        write_billing_day(billing_dir, day, rows, overbill=(day == overbilled))
+        write_export_day(export_dir, day, rows, seed, corrupt_line=(day == days[0]))
+        write_billing_day(billing_dir, day, rows, overbill=(day == overbilled), seed=seed)
     return Sample(days, overbilled, total)

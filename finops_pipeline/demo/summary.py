@@ -1,56 +1,74 @@
-"""A summary a finance lead can read: traced vs billed per day, where the money went, where the files are."""
+"""A summary a finance lead can read: traced vs billed per day, where the money went, where the files are.
+
+Figures are rounded to cents first, and every gap and total is computed from the rounded figures shown, so
+the printed columns add up. gap = billed − traced.
+"""
 
 from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 
 from finops_pipeline.assets.cost_reconciliation import GAP_CHECK, provider_verdicts
 from finops_pipeline.destinations.finout import file_name
 from finops_pipeline.settings import FinopsSettings
 
+CENT = Decimal("0.01")
 
-def _evaluation(evaluations: list, check_name: str):
-    return next((e for e in evaluations if e.check_name == check_name), None)
+
+def _cents(value) -> Decimal:
+    return Decimal(str(value)).quantize(CENT, ROUND_HALF_UP)
+
+
+def _row(day: date, what: str, traced: Decimal, billed: Decimal, verdict: str) -> str:
+    gap = billed - traced
+    pct = f"{100 * gap / billed:+.1f}" if billed else ""
+    return f"{day.isoformat():<12}{what[:24]:<25}{traced:>12,.2f}{billed:>12,.2f}{gap:>+10,.2f}{pct:>8}  {verdict}"
 
 
 def _check_word(evaluation) -> str:
     if evaluation is None:
-        return "not run"
-    return "PASS" if evaluation.passed else f"FAIL ({evaluation.severity.value})"
+        return "check not run"
+    return "check PASS" if evaluation.passed else f"check FAIL ({evaluation.severity.value})"
 
 
 def print_summary(conn: duckdb.DuckDBPyConnection, days: list[date], checks: dict[str, list],
                   settings: FinopsSettings) -> None:
-    print("\nTraced (Langfuse) vs billed (provider), per day and provider")
-    print(f"{'day':<12}{'provider':<22}{'traced $':>12}{'billed $':>12}{'gap $':>10}{'gap %':>8}  provider, day's check")
-    failing: dict[date, list[str]] = {}
+    print("\nTraced (Langfuse) vs billed (provider), per day and provider; USD, gap = billed − traced")
+    print(f"{'day':<12}{'provider':<25}{'traced $':>12}{'billed $':>12}{'gap $':>10}{'gap %':>8}  verdict")
+    explained: list[str] = []
     for day in days:
         table = conn.execute(
-            "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? ORDER BY provider, model", [day]).df()
+            "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? AND depth = 'provider' ORDER BY provider, model",
+            [day]).df()
         levels = {v.provider: v.level for v in provider_verdicts(
             table, settings.reconciliation_warn_pct, settings.reconciliation_error_pct)}
-        evaluation = _evaluation(checks.get(day.isoformat(), []), GAP_CHECK)
-        verdict = _check_word(evaluation)
-        if evaluation is not None and not evaluation.passed:
-            failing[day] = [line for line in (evaluation.description or "").split(" Largest gaps: ")[1:]]
-        for r in table[table.depth == "provider"].itertuples():
-            if r.provider in levels:
-                settling = "" if r.final else " (provisional)"
-                note = f"{levels[r.provider]:<6} check {verdict}{settling}"
-            else:
-                note = f"no bill; {r.unpriced_generations:,} unpriced generations"
-            name = r.provider if r.provider != "unknown" else f"none: {r.model}"
-            pct = "" if pd.isna(r.gap_pct) else f"{r.gap_pct:+.1f}"
-            print(f"{day.isoformat():<12}{name[:21]:<22}{r.traced_usd:>12,.2f}{r.billed_usd:>12,.2f}"
-                  f"{r.gap_usd:>+10,.2f}{pct:>8}  {note}")
-    for day, explanations in failing.items():
-        for text in explanations:
-            print(f"{day}: largest gaps: {text}")
+        provisional = " (provisional)" if len(table) and not table.final.iloc[0] else ""
+        traced_total = billed_total = Decimal(0)
+        unpriced: list[str] = []
+        for r in table.itertuples():
+            if r.provider not in levels:  # no bill to judge it against: named below the day's total
+                if r.unpriced_generations:
+                    unpriced.append(f"{r.model} ({r.unpriced_generations:,} generations, no price)")
+                if not _cents(r.traced_usd):
+                    continue
+            traced, billed = _cents(r.traced_usd), _cents(r.billed_usd)
+            traced_total, billed_total = traced_total + traced, billed_total + billed
+            name = r.provider if r.provider != "unknown" else f"no provider: {r.model}"
+            verdict = f"{levels[r.provider]}{provisional}" if r.provider in levels else "no bill"
+            print(_row(day, name, traced, billed, verdict))
+        evaluation = next((e for e in checks.get(day.isoformat(), []) if e.check_name == GAP_CHECK), None)
+        print(_row(day, "total", traced_total, billed_total, _check_word(evaluation) + provisional))
+        if unpriced:
+            print(f"{'':<12}not in the totals: {'; '.join(unpriced)}")
+        if evaluation is not None and not evaluation.passed and " Largest gaps: " in (evaluation.description or ""):
+            explained.append(f"{day}: largest gaps: {evaluation.description.split(' Largest gaps: ', 1)[1]}")
+    for line in explained:
+        print(line)
 
     period = [days[0], days[-1]]
-    total, unpriced, quarantined = conn.execute("""
+    total, unpriced_calls, quarantined = conn.execute("""
         SELECT (SELECT sum(cost_usd) FROM allocated_costs WHERE day BETWEEN $1 AND $2),
                (SELECT sum(unpriced_calls) FROM allocated_costs WHERE day BETWEEN $1 AND $2),
                (SELECT count(*) FROM quarantine WHERE day BETWEEN $1 AND $2)""", period).fetchone()
@@ -62,10 +80,12 @@ def print_summary(conn: duckdb.DuckDBPyConnection, days: list[date], checks: dic
                 SELECT allocation['{key}'], sum(cost_usd) FROM allocated_costs WHERE day BETWEEN $1 AND $2
                 GROUP BY 1 ORDER BY 2 DESC LIMIT 6""", period).fetchall():
             print(f"  {value:<24}{cost:>12,.2f}  {100 * cost / total:5.1f}%")
-    print(f"\nNot in the totals: {unpriced:,} generations of models with no price (see the unpriced check); "
-          f"{quarantined} malformed rows quarantined (table `quarantine`).")
+    print(f"\nNot in the totals: {unpriced_calls:,} generations of models with no price (see the unpriced check); "
+          f"malformed rows quarantined: {quarantined} (table `quarantine`).")
     print(f"\nFinout files: {Path(settings.finout_dir) / file_name(days[0], settings.finout_object_name).replace(days[0].isoformat(), '*')}"
           + (f" (and {settings.finout_s3_uri})" if settings.finout_s3_uri else ""))
     print(f"FOCUS files:  {Path(settings.focus_dir)}/focus-*.csv")
     print(f"Warehouse:    {settings.duckdb_path}  (tables langfuse_generations, allocated_costs, provider_costs, "
           "cost_reconciliation, quarantine)")
+    print("Runs, checks and plots: `make dev`, then http://localhost:3000")
+

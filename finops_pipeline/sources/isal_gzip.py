@@ -41,7 +41,7 @@ def register(conn: duckdb.DuckDBPyConnection) -> None:
 def for_duckdb(paths: list[str]) -> tuple[list[str], str]:
     """`paths` as DuckDB should read them, and the `compression` to read them with: `.gz` files inflated
     by ISA-L, unless it failed on one of them (then all by DuckDB's own gzip)."""
-    if any(p in _failed for p in paths):
+    if failed_on(paths):
         return paths, "auto"
     return [f"{PROTOCOL}://{p}" if p.endswith(".gz") else p for p in paths], "none"
 

@@ -32,9 +32,12 @@ class ManifestWindow(BaseModel):
 
 
 class ManifestFile(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
     key: str
     table: str
+    # Rows written to the file (since Langfuse v3.213 with the manifests); null for Parquet, whose writer
+    # cannot count its binary stream.
+    row_count: int | None = Field(default=None, alias="rowCount", ge=0)
 
 
 class ExportManifest(BaseModel):
@@ -52,12 +55,53 @@ class ExportManifest(BaseModel):
 class ExportFile:
     path: Path
     format: str  # jsonl | csv | json | parquet
-    window_start: datetime | None  # None: unknown (first file of a manifest-less export)
+    window_start: datetime | None  # None: from the beginning (the first file of a manifest-less export)
     window_end: datetime
+    row_count: int | None = None  # rows its manifest says it holds; None: not stated
+
+    @property
+    def export(self) -> Path:
+        """The folder of the export this file belongs to (`{projectId}/{table}`): windows follow each other in it."""
+        return self.path.parent
 
     def overlaps(self, start: datetime, end: datetime) -> bool:
         """Does the inclusive window [window_start, window_end] meet the half-open day [start, end)?"""
         return self.window_end >= start and (self.window_start is None or self.window_start < end)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What one export's windows say about a day: the span they cover, and the parts of the day they miss."""
+
+    export: Path
+    first: datetime | None  # None: from the beginning (a first file with no manifest)
+    last: datetime
+    holes: list[tuple[datetime, datetime]]
+
+
+def coverage(files: list[ExportFile], start: datetime, end: datetime) -> list[Coverage]:
+    """Per export folder, the parts of the half-open day [start, end) that none of its windows cover.
+    Windows include both bounds (Langfuse selects `start_time >= min AND <= max`), so a window that starts
+    where the previous one ends leaves no hole. A first file without a manifest covers everything before
+    it: Langfuse's first run exports from the oldest row on."""
+    by_export: dict[Path, list[ExportFile]] = {}
+    for f in files:
+        by_export.setdefault(f.export, []).append(f)
+    result = []
+    for export, windows in sorted(by_export.items()):
+        windows.sort(key=lambda f: (f.window_start is not None, f.window_start or f.window_end, f.window_end))
+        holes, reach = [], start
+        for f in windows:
+            if f.window_end < reach:
+                continue
+            if f.window_start is not None and f.window_start > reach and reach < end:
+                holes.append((reach, min(f.window_start, end)))
+            reach = max(reach, f.window_end)
+        if reach < end:
+            holes.append((reach, end))
+        first = None if windows[0].window_start is None else min(f.window_start for f in windows)
+        result.append(Coverage(export, first, max(f.window_end for f in windows), holes))
+    return result
 
 
 @dataclass
@@ -96,7 +140,7 @@ def list_export_files(export_dir: Path) -> ExportListing:
         data_files = sorted(p for p in table_dir.iterdir() if _name_time(p))
         manifest_dir = project_dir / "manifests"
         if manifest_dir.is_dir():
-            windows: dict[Path, tuple[datetime, datetime]] = {}
+            windows: dict[Path, tuple[datetime, datetime, int | None]] = {}
             for manifest_path in sorted(manifest_dir.glob("*.json")):
                 try:
                     manifest = ExportManifest.model_validate_json(manifest_path.read_bytes())
@@ -106,11 +150,10 @@ def list_export_files(export_dir: Path) -> ExportListing:
                 window = (_utc(manifest.window.min_timestamp), _utc(manifest.window.max_timestamp))
                 for entry in manifest.files:
                     # keys carry the bucket prefix; the file sits at the same place below the project folder
-                    windows[project_dir / table_dir.name / Path(entry.key).name] = window
+                    windows[project_dir / table_dir.name / Path(entry.key).name] = (*window, entry.row_count)
             for path in data_files:
                 if path in windows:
-                    start, end = windows[path]
-                    files.append(ExportFile(path, _format(path), start, end))
+                    files.append(ExportFile(path, _format(path), *windows[path]))
                 else:
                     unlisted.append(path)
         else:

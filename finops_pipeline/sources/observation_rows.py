@@ -6,10 +6,11 @@ All JSONL files of the day are read in one statement, by DuckDB's JSON reader, o
 `.gz` inflated by ISA-L (sources/isal_gzip.py: three times as fast as DuckDB's own gzip); all Parquet
 files in another, straight from their typed columns. A statement adds all its rows or none: when one
 file breaks it (DuckDB's JSON reader stops at the first line that is not a JSON object), each file is
-read on its own, so a broken file costs only itself. That reader cannot number lines (it skips blank ones), so a JSONL file where it
-fails, or that holds any row to quarantine, is read again line by line: every row of it then has its
-exact line number. Parquet has row numbers, so it needs no second way. CSV (objects and arrays as JSON
-text in cells) and JSON-array files are always read line by line, a file per statement, concurrently.
+read on its own, so a broken file costs only itself. That reader cannot number lines (it skips blank
+ones), so a JSONL file where it fails, or that holds any row to quarantine, is read again line by line:
+every row of it then has its exact line number. Parquet has row numbers, so it needs no second way. CSV
+(objects and arrays as JSON text in cells) and JSON-array files are always read line by line, a file per
+statement, concurrently.
 
 An API page is parsed by DuckDB too, straight from the response body: each row keeps its position in
 the page as its line number.
@@ -36,7 +37,7 @@ import duckdb
 from finops_pipeline.sources import isal_gzip
 from finops_pipeline.sources.langfuse_api import MalformedPage, Window
 from finops_pipeline.sources.langfuse_export import ExportFile
-from finops_pipeline.warehouse import MONEY
+from finops_pipeline.warehouse import MONEY, utc_cursor
 
 # The export columns cost allocation needs. Nested values are read as JSON text, parsed further only
 # for the parts used, so validation can name exactly what is wrong. `input`/`output` are never named.
@@ -69,6 +70,12 @@ CREATE OR REPLACE TABLE scratch.observations (
 """
 
 _MACROS = """
+-- A time as naive UTC whatever the session's time zone: text with a zone after its date (Z, +09:00, -05) is
+-- converted to UTC; text without one is UTC already (Langfuse's exports write UTC with no zone).
+CREATE OR REPLACE MACRO scratch.utc_time(t) AS CASE
+    WHEN upper(right(t, 1)) = 'Z' OR contains(substr(t, 12), '+') OR contains(substr(t, 12), '-')
+    THEN timezone('UTC', TRY_CAST(upper(t) AS TIMESTAMPTZ))
+    ELSE TRY_CAST(t AS TIMESTAMP) END;
 -- Langfuse usage keys are disjoint (detail keys are subtracted from input/output): sort them by kind.
 CREATE OR REPLACE MACRO scratch.token_kind(k) AS CASE
     WHEN k = 'input' THEN 'input' WHEN k = 'output' THEN 'output' WHEN k = 'total' THEN 'total'
@@ -119,7 +126,7 @@ def _validate_sql(fields_sql: str) -> str:
     return f"""
 WITH parsed AS (
     SELECT *,
-        TRY_CAST(nullif(trim(start_time), '') AS TIMESTAMPTZ)::TIMESTAMP AS ts,
+        scratch.utc_time(nullif(trim(start_time), '')) AS ts,
         list_transform(usage_details_text, lambda v: TRY_CAST(v AS DOUBLE)) AS usage_numbers,
         list_transform(usage_details_keys, lambda k: scratch.token_kind(k)) AS usage_kinds,
         list_transform(cost_details_text, lambda v: TRY_CAST(v AS {MONEY})) AS amounts,
@@ -198,7 +205,6 @@ _RANK_OF_FILE = "JOIN (SELECT unnest($files) AS filename, unnest($ranks) AS file
 # Tags typed as Langfuse writes them (an array: a list costs less than JSON text to read); any other
 # value fails the statement, and its file is read line by line.
 _FAST_COLUMNS = {**RAW_COLUMNS, "tags": "VARCHAR[]"}
-
 
 # Every JSONL file of the day in one statement, on all of DuckDB's threads.
 _FAST_JSONL = ("SELECT s.file_rank, NULL::BIGINT AS line, true AS is_object, " + ", ".join(f"r.{n}" for n in RAW_COLUMNS)
@@ -354,7 +360,7 @@ class ApiPageLoader:
             "WHERE v.start_time IS NULL OR (v.start_time >= w.lo AND v.start_time < w.hi)")
 
     def __call__(self, where: str, window: Window, body: str) -> str | None:
-        with self._conn.cursor() as cursor:
+        with utc_cursor(self._conn) as cursor:
             try:
                 data, next_cursor = cursor.execute(
                     "SELECT json_type($body, '$.data'), $body ->> '$.meta.cursor'", {"body": body}).fetchone()
@@ -379,7 +385,7 @@ class ApiPageLoader:
 
     def _load(self, pages: list[tuple[int, str, Window, str]]) -> None:
         ranks, wheres, windows, bodies = (list(column) for column in zip(*pages))
-        with self._loading, self._conn.cursor() as cursor:
+        with self._loading, utc_cursor(self._conn) as cursor:
             cursor.execute("INSERT INTO scratch.sources SELECT unnest($ranks), unnest($wheres), unnest($days),"
                            " unnest($los), unnest($his)",
                            {"ranks": ranks, "wheres": wheres, "days": [w.start.date() for w in windows],
@@ -397,7 +403,7 @@ def _each_file(conn: duckdb.DuckDBPyConnection, ranks, read) -> list[Rejected]:
     threads = int(conn.execute("SELECT current_setting('threads')").fetchone()[0])
 
     def on_own_cursor(rank: int) -> list[Rejected]:
-        with conn.cursor() as cursor:
+        with utc_cursor(conn) as cursor:
             return read(cursor, rank)
 
     with ThreadPoolExecutor(max(1, threads)) as pool:

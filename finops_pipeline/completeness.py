@@ -1,0 +1,146 @@
+"""Proof that a day was extracted whole, the `extraction_complete` check of `langfuse_generations`.
+
+- Blob export: the day's windows must cover it (else the run fails before anything is written, see
+  `uncovered_day_message`), and every file must give as many rows as its manifest's `rowCount` says it
+  holds (quarantined rows included: they were read). A file that could not be read at all, or is short of
+  (or over) its count, fails the check with ERROR, which is blocking: the day is not delivered.
+- API: the day's observations and their Langfuse cost against the metrics API's own count and sum. When
+  the metrics API cannot answer, a day with rows warns ("could not verify"); a day with none fails, since
+  an empty answer nobody confirmed is not a verified $0.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+from finops_pipeline.sources.langfuse_api import COST_TYPES, ServerTotals
+from finops_pipeline.sources.langfuse_export import Coverage, ExportFile
+from finops_pipeline.sources.observation_rows import Rejected
+
+COMPLETENESS_CHECK = "extraction_complete"
+SHOWN = 10  # files named in a failing description; all of them are in the metadata table
+
+
+def _instant(moment: datetime | None) -> str:
+    return "the beginning" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def uncovered_day_message(export_dir: Path, day: date, gaps: list[Coverage]) -> str:
+    """Why `day` cannot be read from the export: no files at all, or the holes its windows leave."""
+    if not gaps:
+        return (f"The Langfuse export in {export_dir} has no observation files yet: {day} is not covered. "
+                "Check FINOPS_LANGFUSE_EXPORT_DIR, and that the export has run.")
+    parts = []
+    for gap in gaps:
+        holes = ", ".join(f"{_instant(a)} .. {_instant(b)}" for a, b in gap.holes)
+        parts.append(f"{gap.export} covers {_instant(gap.first)} .. {_instant(gap.last)}; not covered: {holes}")
+    return (f"The Langfuse export does not cover {day}, so its cost is unknown (not $0) and nothing is "
+            f"delivered: {'; '.join(parts)}. A day past the last window: re-run once the export has caught up. "
+            "A day before the first: the export was started later (its start date or mode), so Langfuse never "
+            "exported it. A hole between windows: an export run failed or its manifest is missing.")
+
+
+def export_completeness(conn: duckdb.DuckDBPyConnection, files: list[ExportFile],
+                        rejected: list[Rejected]) -> dg.AssetCheckResult:
+    """Each file's rows read (scratch.observations by file_rank, plus CSV records the reader rejected)
+    against its manifest's rowCount; a file that could not be read at all fails whatever its manifest."""
+    read = dict(conn.execute("SELECT file_rank, count(*) FROM scratch.observations GROUP BY ALL").fetchall())
+    rank_of = {f.path: rank for rank, f in enumerate(files)}
+    unreadable: dict[int, str] = {}
+    for r in rejected:
+        if r.line is None:
+            unreadable[rank_of[r.file]] = r.reason
+        else:  # a CSV record the reader could not parse: read, and quarantined
+            read[rank_of[r.file]] = read.get(rank_of[r.file], 0) + 1
+    table, bad = [], []
+    for rank, f in enumerate(files):
+        rows, expected = read.get(rank, 0), f.row_count
+        problem = unreadable.get(rank) or ("" if expected is None or expected == rows
+                                           else f"{rows - expected:+,} rows against its manifest")
+        table.append({"file": str(f.path.relative_to(f.path.parents[2])), "rows read": rows,
+                      "manifest rowCount": expected, "problem": problem})
+        if problem:
+            bad.append(f"{table[-1]['file']}: read {rows:,} rows"
+                       + (f", its manifest says {expected:,}" if expected is not None else "") + f" ({problem})")
+    total = sum(read.values())
+    counted = sum(1 for f in files if f.row_count is not None)
+    if bad:
+        description = (f"{len(bad)} of {len(files)} export files not read whole: {'; '.join(bad[:SHOWN])}"
+                       + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
+                       + ". The day is not delivered: re-export or restore the files, then re-run the day.")
+    else:
+        description = (f"{len(files)} export files read whole, {total:,} rows"
+                       + (f"; {counted} of them hold exactly the rows their manifest counts" if counted else "")
+                       + (f"; {len(files) - counted} carry no rowCount (Parquet, or an export without manifests): "
+                          "for those, only their windows' coverage of the day is proved" if counted < len(files) else "")
+                       + ".")
+    shown = [t for t in table if t["problem"]] or table
+    return dg.AssetCheckResult(
+        check_name=COMPLETENESS_CHECK,
+        passed=not bad,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"files": len(files), "files_checked_against_manifest": counted, "files_not_read_whole": len(bad),
+                  "rows_read": total, "by_file": dg.MetadataValue.md(pd.DataFrame(shown[:50]).to_markdown(index=False))},
+    )
+
+
+def api_completeness(conn: duckdb.DuckDBPyConnection, day: date, server: ServerTotals | None,
+                     unavailable: str | None, tolerance: float) -> dg.AssetCheckResult:
+    """The day's extracted observations (quarantined ones included: they were fetched), each id once, and
+    their Langfuse cost, against the server's own totals, within `tolerance` % of the server's figure."""
+    count, cost = conn.execute("""
+        SELECT count(*), coalesce(sum(cost), 0) FROM (
+            SELECT o.id, max(o.langfuse_cost) AS cost
+            FROM scratch.observations o JOIN scratch.sources s USING (file_rank)
+            WHERE coalesce(o.start_time::DATE, s.file_day) = $day GROUP BY o.id)""", {"day": day}).fetchone()
+    if server is None:
+        if count == 0:
+            return dg.AssetCheckResult(
+                check_name=COMPLETENESS_CHECK, passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                description=f"Langfuse's API returned no observations for {day}, and its totals could not be had to "
+                            f"confirm that ({unavailable}). An empty day nobody confirmed is not a verified $0: "
+                            "not delivered. Re-run the day when the metrics API answers.",
+                metadata={"extracted_observations": 0, "extracted_cost_usd": 0.0})
+        return dg.AssetCheckResult(
+            check_name=COMPLETENESS_CHECK, passed=False, severity=dg.AssetCheckSeverity.WARN,
+            description=f"Could not verify {count:,} observations / ${cost:,.2f}: Langfuse's totals for the day are "
+                        f"unavailable ({unavailable})",
+            metadata={"extracted_observations": count, "extracted_cost_usd": float(cost)},
+        )
+
+    def gap_pct(ours, theirs) -> float:
+        return float(abs(Decimal(ours) - Decimal(theirs)) * 100 / Decimal(theirs)) if theirs else (0.0 if not ours else 100.0)
+
+    count_gap, cost_gap = gap_pct(count, server.observations), gap_pct(cost, server.total_cost)
+    passed = count_gap <= tolerance and cost_gap <= tolerance
+    description = (
+        f"Extracted {count:,} observations / ${cost:,.2f}; Langfuse counts {server.observations:,} / "
+        f"${server.total_cost:,.2f} (gaps {count_gap:.2f}% and {cost_gap:.2f}%, "
+        f"{'within' if passed else 'above'} the {tolerance:g}% tolerance)"
+    )
+    if not passed:
+        description += (". Rows are missing from the extraction (or arrived since): re-run the day; if it "
+                        "persists, the API is not serving every row.")
+    return dg.AssetCheckResult(
+        check_name=COMPLETENESS_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={
+            "extracted_observations": count,
+            "langfuse_observations": server.observations,
+            "extracted_cost_usd": float(cost),
+            "langfuse_cost_usd": float(server.total_cost),
+            "count_gap_pct": count_gap,
+            "cost_gap_pct": cost_gap,
+            "tolerance_pct": tolerance,
+            "observation_types": ", ".join(COST_TYPES),
+        },
+    )
