@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 UV := .uv/bin/uv
 PY := .venv/bin/python
 
-.PHONY: install demo dev test validate bench clean
+.PHONY: install demo day dev test validate bench clean
 
 # uv itself, pinned, in its own small venv; then the project's venv exactly as uv.lock says.
 $(UV):
@@ -27,6 +27,12 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m finops_pipeline.demo
+
+# One UTC day (default yesterday) through the whole graph, as the schedule runs it, on the instance `make dev` opens.
+DAY ?= $(shell python3 -c 'import datetime as d; print(d.datetime.now(d.timezone.utc).date() - d.timedelta(days=1))')
+day: install $(DAGSTER_HOME)/dagster.yaml
+	.venv/bin/dagster job execute -m finops_pipeline.definitions -j daily_finops_job --tags '{"dagster/partition": "$(DAY)"}'
+
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	.venv/bin/dagster dev -w workspace.yaml

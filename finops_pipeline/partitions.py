@@ -7,10 +7,23 @@ GraphQL show each day's own result, and re-running one day changes only that day
 import os
 import warnings
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import dagster as dg
 
-START_DATE = os.environ.get("FINOPS_START_DATE", "2025-01-01")
+from finops_pipeline.sources.langfuse_export import first_export_day
+
+def _start_date() -> str:
+    """FINOPS_START_DATE, else the first day of the local Langfuse export (so the UI's partition bars and
+    metadata plots start at the data, not a week squeezed into two years), else 2025-01-01."""
+    if os.environ.get("FINOPS_START_DATE"):
+        return os.environ["FINOPS_START_DATE"]
+    home = Path(os.environ.get("FINOPS_HOME") or ".finops")
+    first = first_export_day(Path(os.environ.get("FINOPS_LANGFUSE_EXPORT_DIR") or home / "langfuse-export"))
+    return first.isoformat() if first else "2025-01-01"
+
+
+START_DATE = _start_date()
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC", end_offset=0)
 

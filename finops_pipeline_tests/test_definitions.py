@@ -3,10 +3,12 @@
 import os
 import subprocess
 import sys
+from datetime import datetime
 
 import dagster as dg
 
 from finops_pipeline.definitions import defs
+from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline.schedules import daily_finops_schedule
 
 EXPECTED_ASSETS = {"langfuse_generations", "allocated_costs", "finout_upload", "openai_costs", "anthropic_costs",
@@ -66,3 +68,27 @@ def test_every_check_of_a_daily_asset_is_a_check_of_its_day():
     # test_downstream.py): the day shows failed in the runs list
     blocking = {k.name for k in keys if graph.get(k).blocking}
     assert blocking == {"extraction_complete", "cost_conserved", "delivered_cost_conserved", "focus_cost_conserved"}
+
+
+def first_partition(env: dict) -> str:
+    code = "from finops_pipeline.partitions import daily_partitions as p; print(p.start.date())"
+    run = subprocess.run([sys.executable, "-c", code], env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip()
+
+
+def test_the_first_partition_is_where_the_data_starts_unless_set(tmp_path):
+    """The UI draws partitions from the first one: a default two years back squeezes a week into a sliver."""
+    home = tmp_path / "finops"
+    assert first_partition({"FINOPS_HOME": str(home), "FINOPS_START_DATE": None}) == "2025-01-01"  # no export yet
+    export = home / "langfuse-export"
+    write_export_file(export, datetime(2026, 11, 21, 0), datetime(2026, 11, 21, 1), [])
+    write_export_file(export, datetime(2026, 11, 21, 1), datetime(2026, 11, 21, 2), [])
+    assert first_partition({"FINOPS_HOME": str(home), "FINOPS_START_DATE": None}) == "2026-11-21"
+    assert first_partition({"FINOPS_HOME": str(home), "FINOPS_START_DATE": "2026-01-01"}) == "2026-01-01"
+    # an export without manifests (Langfuse before v3.213): the day of its oldest file's name
+    other = tmp_path / "old-export"
+    write_export_file(other, datetime(2025, 6, 9, 12), datetime(2025, 6, 10, 12), [], manifest=False)
+    assert first_partition({"FINOPS_HOME": str(home), "FINOPS_LANGFUSE_EXPORT_DIR": str(other),
+                            "FINOPS_START_DATE": None}) == "2025-06-10"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -164,3 +164,27 @@ def list_export_files(export_dir: Path) -> ExportListing:
                 previous_end = end
     files.sort(key=lambda f: (f.window_end, str(f.path)))
     return ExportListing(files, unlisted, bad_manifests)
+
+
+# Langfuse's first run of a project with no data starts its window at the epoch: such a start says nothing.
+_OLDEST_WINDOW = datetime(2023, 1, 1, tzinfo=timezone.utc)
+
+
+def first_export_day(export_dir: Path) -> date | None:
+    """The first UTC day a local export folder covers: its oldest file's manifest window start, else (no
+    manifest, or a start before Langfuse existed) the day of its name. None when there is no such folder.
+    Cheap enough for every load of the code: one directory listing per table folder and one manifest read."""
+    if not export_dir.is_dir():
+        return None
+    oldest = min((p for name in TABLE_DIRS for d in export_dir.rglob(name) if d.is_dir()
+                  for p in d.iterdir() if _name_time(p)), key=lambda p: p.name, default=None)
+    if oldest is None:
+        return None
+    start = _name_time(oldest)
+    try:
+        manifest = ExportManifest.model_validate_json((oldest.parent.parent / "manifests" / f"{oldest.name.split('.')[0]}.json").read_bytes())
+        if _utc(manifest.window.min_timestamp) >= _OLDEST_WINDOW:
+            start = _utc(manifest.window.min_timestamp)
+    except (OSError, ValidationError):
+        pass
+    return start.date()
