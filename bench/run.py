@@ -58,8 +58,9 @@ def export_dir(data: Path, n: int, fmt: str) -> Path:
 
 def in_child(*args: str, env: dict | None = None) -> tuple[dict, float]:
     """Run `args` in a fresh Python; return its JSON line and its own peak RSS in MB."""
+    # The bench's day is a partition whatever export the project's own data directory holds.
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, "FINOPS_START_DATE": "2025-01-01", **(env or {})})
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
