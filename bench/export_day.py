@@ -54,8 +54,9 @@ def _text_pool(conn: duckdb.DuckDBPyConnection, size: int = 4096) -> None:
 def _lookup_tables(conn: duckdb.DuckDBPyConnection, day: date) -> None:
     rows = []
     for model, weight, langfuse_priced in MODELS:
-        price = pricing.price_of(model, day)
-        rates = [str(getattr(price, k)) if price and langfuse_priced else None for k in ("input", "cached", "output")]
+        price = pricing.list_rates(model, day)
+        rates = [str(price.rate(u)) if price and langfuse_priced else None
+                 for u in ("input_tokens", "cache_read_tokens", "output_tokens")]
         rows += [(model, *rates)] * weight
     conn.execute("CREATE OR REPLACE TABLE models (k INTEGER, model VARCHAR, input_rate DECIMAL(38,18),"
                  " cached_rate DECIMAL(38,18), output_rate DECIMAL(38,18))")

@@ -37,12 +37,13 @@ def run(export_dir: Path, day: date, out: Path) -> int:
         model = row.get("provided_model_name")
         cost = row.get("total_cost")
         if cost is None:
-            price = pricing.price_of(model, day)
+            price = pricing.list_rates(model, day)
             if price is None:
                 continue
             usage = row.get("usage_details") or {}
-            cost = float(usage.get("input", 0) * price.input + usage.get("input_cached_tokens", 0) * price.cached
-                         + (usage.get("output", 0) + usage.get("output_reasoning_tokens", 0)) * price.output)
+            cost = float(usage.get("input", 0) * price.rate("input_tokens")
+                         + usage.get("input_cached_tokens", 0) * price.rate("cache_read_tokens")
+                         + (usage.get("output", 0) + usage.get("output_reasoning_tokens", 0)) * price.rate("output_tokens"))
         metadata = row.get("metadata") or {}
         tags = dict(t.split(":", 1) for t in row.get("tags") or [] if ":" in t)
         allocation = tuple(metadata.get(k) or tags.get(k) or row.get(k) or "unallocated" for k in KEYS)

@@ -19,7 +19,7 @@ from datetime import date
 
 import duckdb
 
-from finops_pipeline.reconciliation import MODEL_KEY
+from finops_pipeline.reconciliation import BILLED_KEY, register_model_keys
 from finops_pipeline.warehouse import MONEY
 
 BASES = ("langfuse", "invoice")
@@ -43,13 +43,13 @@ def delivered_sql(basis: str, allocation_keys: list[str]) -> str:
             SELECT DISTINCT provider FROM provider_costs WHERE day = $day
             UNION SELECT unnest($billed_providers::VARCHAR[])
         ), traced AS (
-            SELECT *, {MODEL_KEY.format("model")} AS model_key FROM allocated_costs WHERE day = $day
+            SELECT a.*, k.model_key FROM allocated_costs a LEFT JOIN model_keys k USING (provider, model)
+            WHERE day = $day
         ), traced_models AS (
             SELECT provider, model_key, sum(cost_usd) AS traced FROM traced GROUP BY ALL
         ), billed_models AS (
-            SELECT provider, coalesce({MODEL_KEY.format("model")}, lower(trim(line_item)), 'unspecified') AS model_key,
-                   sum(cost_usd) AS billed
-            FROM provider_costs WHERE day = $day GROUP BY ALL
+            SELECT provider, {BILLED_KEY} AS model_key, sum(cost_usd) AS billed
+            FROM provider_costs b LEFT JOIN model_keys k USING (provider, model) WHERE day = $day GROUP BY ALL
         ), scaled AS (
             SELECT t.*, m.traced, coalesce(b.billed, 0) AS billed,
                    CASE WHEN m.traced > 0 THEN (t.cost_usd::DOUBLE * (coalesce(b.billed, 0)::DOUBLE / m.traced::DOUBLE))::{MONEY}
@@ -95,6 +95,8 @@ def prepare_delivered(conn: duckdb.DuckDBPyConnection, day: date, basis: str, al
                       billed_providers: list[str]) -> dict:
     """The temp table `delivered`: the day's rows on `basis`. Returns the parameters its SQL took."""
     sql = delivered_sql(basis, allocation_keys)
+    if basis == "invoice":
+        register_model_keys(conn, day)
     params = {"day": day, **({"billed_providers": billed_providers} if "$billed_providers" in sql else {})}
     conn.execute(f"CREATE OR REPLACE TEMP TABLE delivered AS {sql}", params)
     return params

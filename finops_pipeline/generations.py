@@ -12,6 +12,7 @@ import duckdb
 import pandas as pd
 
 from finops_pipeline import pricing
+from finops_pipeline.sources.observation_rows import Vocabulary
 from finops_pipeline.warehouse import MONEY
 
 RATE = "DECIMAL(38, 18)"
@@ -25,16 +26,23 @@ FIRST_CLASS_FIELDS = {
     "name": "name",
 }
 UNALLOCATED = "unallocated"
+# An embedding: all its usage is input, whatever key it came under (often only `total`). Its type says so,
+# or its price: the price table lists an input price and no output price.
+_EMBEDDING = "(o.type = 'EMBEDDING' OR coalesce(p.input_rate IS NOT NULL AND p.output_rate IS NULL, false))"
 
 
-def _allocation_sql(keys: list[str]) -> str:
-    """A MAP of key -> value: metadata, else a `key:value` tag, else a first-class field, else unallocated."""
+def _allocation_sql(vocabulary: Vocabulary) -> str:
+    """A MAP of key -> value: metadata (any spelling, see Vocabulary), else a `key:value` tag (the exact key
+    first, then any spelling), else a first-class field, else unallocated."""
     parts = []
-    for i, key in enumerate(keys, start=1):  # keys are validated identifiers (settings.py): safe to inline
+    for i, (key, spellings) in enumerate(zip(vocabulary.keys, vocabulary.spellings), start=1):
+        # keys are validated identifiers (settings.py): safe to inline
+        names = "[" + ", ".join(f"'{n}'" for n in spellings) + "]"
+        tag = (f"coalesce(list_filter(o.tags, lambda t: starts_with(t, '{key}:'))[1], list_filter(o.tags, lambda t: "
+               f"contains(t, ':') AND list_contains({names}, scratch.normal_key(split_part(t, ':', 1))))[1])")
         resolved = [
             f"nullif(trim(o.metadata_values[{i}]), '')",
-            f"CASE WHEN len(o.tags) > 0 THEN nullif(trim(substr("
-            f"list_filter(o.tags, lambda t: starts_with(t, '{key}:'))[1], {len(key) + 2})), '') END",
+            f"CASE WHEN len(o.tags) > 0 THEN nullif(trim(substr({tag}, strpos({tag}, ':') + 1)), '') END",
         ]
         if key in FIRST_CLASS_FIELDS:
             resolved.append(f"nullif(trim(o.{FIRST_CLASS_FIELDS[key]}), '')")
@@ -43,35 +51,44 @@ def _allocation_sql(keys: list[str]) -> str:
     return "{" + ", ".join(parts) + "}::MAP(VARCHAR, VARCHAR)"
 
 
-def register_model_prices(conn: duckdb.DuckDBPyConnection, models: list[str], day: date,
+def register_model_prices(conn: duckdb.DuckDBPyConnection, models: dict[str, set[str]], day: date,
                           provider_map: dict[str, str]) -> None:
-    """The temp table `model_prices`: provider and per-token rates on `day` of each of `models`."""
+    """The temp table `model_prices`: per model, who serves it (`provider`), whether the price table lists
+    it under that provider (`listed`), the rates of the staging table's token kinds, the request fee, and
+    `unit_rates`, the rates of the other units its calls used (`models` maps each model to those units).
+    A rate is NULL where the model is not priced in that unit."""
     rows = []
-    for model in models:
-        price = pricing.price_of(model, day)
+    for model, units in models.items():
+        provider = pricing.provider_of(model, provider_map)
+        price = pricing.rates(model, day, provider, frozenset(u for u in units if u in pricing.UNIT_NAMES))
+        main = {kind: price and price.rate(unit) for kind, unit in pricing.MAIN_UNITS.items()}
         rows.append({
-            "model": model,
-            "provider": pricing.provider_of(model, provider_map),
-            "input_rate": price and price.input,
-            "cached_rate": price and price.cached,
-            "cache_write_rate": price and price.cache_write,
-            "output_rate": price and price.output,
+            "model": model, "provider": provider, "listed": price is not None,
+            **{f"{kind}_rate": rate for kind, rate in main.items()},
+            "per_call": price.per_call if price else None,
+            "unit_keys": sorted(units),
+            "unit_rates": [None if rate is None else str(rate) for rate in (price and price.rate(u) for u in sorted(units))],
         })
-    frame = pd.DataFrame(rows, columns=["model", "provider", "input_rate", "cached_rate", "cache_write_rate", "output_rate"])
+    frame = pd.DataFrame(rows, columns=["model", "provider", "listed", *(f"{k}_rate" for k in pricing.MAIN_UNITS),
+                                        "per_call", "unit_keys", "unit_rates"])
     conn.register("model_prices_frame", frame.astype(object))
+    kinds = ", ".join(f"{k}_rate::{RATE} AS {k}_rate" for k in pricing.MAIN_UNITS)
     conn.execute(f"""
-        CREATE OR REPLACE TEMP TABLE model_prices AS SELECT model::VARCHAR AS model, provider::VARCHAR AS provider,
-            input_rate::{RATE} AS input_rate, cached_rate::{RATE} AS cached_rate,
-            cache_write_rate::{RATE} AS cache_write_rate, output_rate::{RATE} AS output_rate
+        CREATE OR REPLACE TEMP TABLE model_prices AS
+        SELECT model::VARCHAR AS model, provider::VARCHAR AS provider, listed::BOOLEAN AS listed, {kinds},
+               per_call::{RATE} AS per_call,
+               map_from_entries(list_zip(unit_keys::VARCHAR[], unit_rates::VARCHAR[]::{RATE}[])
+                                ::STRUCT(key VARCHAR, value {RATE})[]) AS unit_rates
         FROM model_prices_frame""")
     conn.unregister("model_prices_frame")
 
 
 def prepare_day(conn: duckdb.DuckDBPyConnection, day: date, provider_map: dict[str, str]) -> None:
     """Price table rows for the models seen, and the temp table `day_quarantine`, for `day`."""
-    models = [row[0] for row in conn.execute(
-        "SELECT DISTINCT model FROM scratch.observations WHERE reason IS NULL AND model IS NOT NULL").fetchall()]
-    register_model_prices(conn, models, day, provider_map)
+    models = dict(conn.execute("""
+        SELECT model, list_distinct(flatten(list(map_keys(usage_other)))) FROM scratch.observations
+        WHERE reason IS NULL AND model IS NOT NULL GROUP BY model""").fetchall())
+    register_model_prices(conn, {m: set(units or ()) for m, units in models.items()}, day, provider_map)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE day_quarantine AS
         SELECT 'langfuse_generations' AS source, $day AS day, f.file, o.line, nullif(trim(o.id), '') AS observation_id,
@@ -81,7 +98,7 @@ def prepare_day(conn: duckdb.DuckDBPyConnection, day: date, provider_map: dict[s
     """, {"day": day})
 
 
-def generations_sql(allocation_keys: list[str]) -> str:
+def generations_sql(vocabulary: Vocabulary) -> str:
     """The day's rows of `langfuse_generations` (parameter `$day`), from `scratch.observations`."""
     return f"""
         WITH valid AS NOT MATERIALIZED (  -- read twice, but materialising a day of rows costs more
@@ -100,20 +117,42 @@ def generations_sql(allocation_keys: list[str]) -> str:
         )
         SELECT o.start_time::DATE AS day, o.id AS observation_id, o.trace_id, o.project_id, o.type, o.name,
             o.start_time, o.model, coalesce(p.provider, 'unknown') AS provider,
-            o.input_tokens, o.output_tokens, o.cached_tokens, o.cache_write_tokens, o.reasoning_tokens,
-            o.total_tokens,
+            -- an embedding's usage is all input, whatever key it came under (often only `total`)
+            CASE WHEN o.total_only AND {_EMBEDDING} THEN o.total_tokens ELSE o.input_tokens END AS input_tokens,
+            o.output_tokens, o.cached_tokens, o.cache_write_tokens, o.reasoning_tokens, o.total_tokens, o.usage_other,
             CASE WHEN o.langfuse_cost IS NOT NULL THEN o.langfuse_cost
-                 WHEN p.input_rate IS NOT NULL THEN (
-                      o.input_tokens * p.input_rate + o.cached_tokens * p.cached_rate
-                    + o.cache_write_tokens * p.cache_write_rate
-                    + (o.output_tokens + o.reasoning_tokens) * p.output_rate)::{MONEY}
+                 WHEN coalesce(p.listed, false) AND len(list_filter(u.used, lambda x: x.rate IS NOT NULL)) > 0
+                 THEN (list_sum(list_transform(list_filter(u.used, lambda x: x.rate IS NOT NULL),
+                                               lambda x: x.n * x.rate)) + coalesce(p.per_call, 0))::{MONEY}
             END AS cost_usd,
             CASE WHEN o.langfuse_cost IS NOT NULL THEN 'langfuse'
-                 WHEN p.input_rate IS NOT NULL THEN 'price_table'
-                 ELSE 'unpriced' END AS cost_source,
+                 WHEN NOT coalesce(p.listed, false) OR len(list_filter(u.used, lambda x: x.rate IS NOT NULL)) = 0
+                 THEN 'unpriced'
+                 WHEN len(list_filter(u.used, lambda x: x.rate IS NULL)) > 0 THEN 'partially_priced'
+                 ELSE 'price_table' END AS cost_source,
+            CASE WHEN o.langfuse_cost IS NULL THEN map_from_entries(list_transform(
+                list_filter(u.used, lambda x: x.rate IS NULL OR NOT coalesce(p.listed, false)),
+                lambda x: {{'key': x.unit, 'value': x.n}})) END AS unpriced_usage,
             o.environment, o.user_id, o.session_id, o.prompt_name, o.prompt_version, o.tags,
-            {_allocation_sql(allocation_keys)} AS allocation,
+            {_allocation_sql(vocabulary)} AS allocation,
             f.file AS source_file
-        FROM latest o JOIN scratch.sources f USING (file_rank) LEFT JOIN model_prices p USING (model)
+        FROM (SELECT *, input_tokens + output_tokens + cached_tokens + cache_write_tokens + reasoning_tokens = 0
+                        AND coalesce(cardinality(usage_other), 0) = 0 AND total_tokens > 0 AS total_only
+              FROM latest) o
+        JOIN scratch.sources f USING (file_rank) LEFT JOIN model_prices p USING (model),
+        -- What the call used, unit by unit, with the price table's rate (NULL: not priced in that unit). A chat
+        -- call whose usage is only a total cannot be split into input and output: its tokens have no rate.
+        LATERAL (SELECT CASE WHEN o.langfuse_cost IS NULL THEN list_filter([
+            {{'unit': 'input_tokens', 'n': CASE WHEN o.total_only AND {_EMBEDDING} THEN o.total_tokens
+                                               ELSE o.input_tokens END, 'rate': p.input_rate}},
+            {{'unit': 'cache_read_tokens', 'n': o.cached_tokens, 'rate': p.cached_rate}},
+            {{'unit': 'cache_write_tokens', 'n': o.cache_write_tokens, 'rate': p.cache_write_rate}},
+            {{'unit': 'output_tokens', 'n': o.output_tokens, 'rate': p.output_rate}},
+            {{'unit': 'output_reasoning_tokens', 'n': o.reasoning_tokens, 'rate': p.reasoning_rate}},
+            {{'unit': 'total_tokens', 'n': CASE WHEN o.total_only AND NOT {_EMBEDDING} THEN o.total_tokens ELSE 0 END,
+              'rate': NULL::{RATE}}}]
+            || list_transform(map_entries(coalesce(o.usage_other, MAP {{}}::MAP(VARCHAR, BIGINT))),
+                              lambda e: {{'unit': e.key, 'n': e.value, 'rate': map_extract_value(p.unit_rates, e.key)}}),
+            lambda x: x.n > 0) END AS used) u
         WHERE o.start_time >= $day AND o.start_time < $day + INTERVAL 1 DAY
     """

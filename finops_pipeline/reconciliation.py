@@ -2,13 +2,14 @@
 
 - provider: each provider's bill against the traced cost of the models mapped to it. A model mapped to no
   provider is its own row (provider `unknown`, the model named), never folded into another's.
-- model: for providers with a bill, per model. Models are compared without their snapshot date
-  ("gpt-4o-2024-08-06" and "gpt-4o" are one row): traces often carry the alias, bills the snapshot.
+- model: for providers with a bill, per model, by a name both sides agree on (`register_model_keys`):
+  "gpt-4o-2024-08-06" and "gpt-4o", "claude-sonnet-4-latest" and "claude-sonnet-4-20250514" are one row.
 - token_kind: per model and input / cached / cache_write / output / other, where both sides can split:
   the bill names the kind of each line; the traced cost of a model is split in proportion to its tokens
   of each kind at the model's list prices (what Langfuse would charge), so the kinds sum to the model.
 
-Inputs: `allocated_costs`, `provider_costs`, and the temp table `model_prices` of the traced models.
+Inputs: `allocated_costs`, `provider_costs`, and the temp tables `model_prices` of the traced models and
+`model_keys`.
 """
 
 from __future__ import annotations
@@ -16,26 +17,53 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
+import duckdb
 import pandas as pd
 
+from finops_pipeline import pricing
 from finops_pipeline.warehouse import MONEY
 
-# A model's name as both sides can agree on it: lower case, no provider prefix, no snapshot date.
-MODEL_KEY = r"""regexp_replace(regexp_replace(lower(trim({0})), '^(openai|anthropic)[/.]', ''),
-                                '([-@](\d{{4}}-\d{{2}}-\d{{2}}|\d{{8}}))$', '')"""
+# A bill line's model as both sides agree on it (the temp table `model_keys`); a line that names no model
+# (web search calls) by its line item.
+BILLED_KEY = "coalesce(k.model_key, lower(trim(b.line_item)), 'unspecified')"
+
+
+def register_model_keys(conn: duckdb.DuckDBPyConnection, day: date) -> None:
+    """The temp table `model_keys` (provider, model, model_key): one name for each model the day's traces
+    (allocated_costs) and bills (provider_costs) name, so that they meet across spellings (pricing.model_key:
+    region and vendor prefixes, Bedrock versions, snapshot dates, `-latest`, fine-tunes, modality words).
+    Where a traced and a billed name of one provider still differ but the price table lists both as the same
+    model (an alias such as `claude-sonnet-4-0` and its snapshot), the traced name takes the billed one's key."""
+    traced = conn.execute("SELECT DISTINCT provider, model FROM allocated_costs WHERE day = ?", [day]).fetchall()
+    billed = conn.execute("SELECT DISTINCT provider, model FROM provider_costs WHERE day = ? AND model IS NOT NULL",
+                          [day]).fetchall()
+    keys = {(p, m): pricing.model_key(m) for p, m in traced + billed}
+    billed_keys = {keys[b] for b in billed}
+    for provider, model in traced:
+        if keys[(provider, model)] in billed_keys:
+            continue
+        listed = pricing.table_model(provider, model)
+        same = {keys[(p, m)] for p, m in billed if p == provider and listed and pricing.table_model(p, m) == listed}
+        if len(same) == 1:
+            keys[(provider, model)] = same.pop()
+    frame = pd.DataFrame([(p, m, k) for (p, m), k in keys.items()], columns=["provider", "model", "model_key"])
+    conn.register("model_keys_frame", frame)
+    conn.execute("CREATE OR REPLACE TEMP TABLE model_keys AS SELECT provider::VARCHAR AS provider, model::VARCHAR AS model,"
+                 " model_key::VARCHAR AS model_key FROM model_keys_frame")
+    conn.unregister("model_keys_frame")
+
 
 PREPARE_SQL = [f"""
 CREATE OR REPLACE TEMP TABLE recon_traced AS
-SELECT provider, model, {MODEL_KEY.format("model")} AS model_key,
+SELECT provider, model, k.model_key,
        sum(cost_usd) AS cost, sum(unpriced_calls) AS unpriced,
        sum(input_tokens) AS input, sum(cached_tokens) AS cached, sum(cache_write_tokens) AS cache_write,
        sum(output_tokens + reasoning_tokens) AS output
-FROM allocated_costs WHERE day = $day GROUP BY provider, model
+FROM allocated_costs LEFT JOIN model_keys k USING (provider, model) WHERE day = $day GROUP BY ALL
 """, f"""
 CREATE OR REPLACE TEMP TABLE recon_billed AS
-SELECT provider, coalesce({MODEL_KEY.format("model")}, lower(trim(line_item)), 'unspecified') AS model_key,
-       token_kind, sum(cost_usd) AS cost
-FROM provider_costs WHERE day = $day GROUP BY ALL
+SELECT provider, {BILLED_KEY} AS model_key, token_kind, sum(cost_usd) AS cost
+FROM provider_costs b LEFT JOIN model_keys k USING (provider, model) WHERE day = $day GROUP BY ALL
 """, f"""
 -- Each traced model's cost split by token kind, in proportion to tokens x list price. A model key is
 -- split only when every one of its priced models has list prices.
@@ -92,10 +120,11 @@ WITH billing AS (
 ), rows AS (
     SELECT * FROM by_provider UNION ALL SELECT * FROM by_model UNION ALL SELECT * FROM by_kind
 )
-SELECT $day, depth, provider, model, token_kind, coalesce(traced, 0), coalesce(billed, 0),
-       coalesce(billed, 0) - coalesce(traced, 0),
-       CASE WHEN billed > 0 THEN 100 * (billed - coalesce(traced, 0)) / billed END,
-       coalesce(unpriced, 0), provider IN (SELECT provider FROM billing), $final
+SELECT $day AS day, depth, provider, model, token_kind, coalesce(traced, 0) AS traced_usd,
+       coalesce(billed, 0) AS billed_usd, coalesce(billed, 0) - coalesce(traced, 0) AS gap_usd,
+       CASE WHEN billed > 0 THEN 100 * (billed - coalesce(traced, 0)) / billed END AS gap_pct,
+       coalesce(unpriced, 0) AS unpriced_generations, provider IN (SELECT provider FROM billing) AS has_bill,
+       $final AS final
 FROM rows
 """
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
+from finops_pipeline.sources.observation_rows import Vocabulary
+
 DEFAULT_ALLOCATION_KEYS = ["feature", "customer_id", "team", "environment", "tier"]
 PROVIDERS = ("openai", "anthropic")
 
@@ -26,11 +28,13 @@ ENV_VARS = {
     "billed_providers": "FINOPS_BILLED_PROVIDERS",
     "reconciliation_error_pct": "FINOPS_RECONCILIATION_ERROR_PCT",
     "reconciliation_warn_pct": "FINOPS_RECONCILIATION_WARN_PCT",
+    "unmatched_bill_pct": "FINOPS_UNMATCHED_BILL_PCT",
     "unallocated_warn_share_pct": "FINOPS_UNALLOCATED_WARN_PCT",
     "unpriced_warn_count": "FINOPS_UNPRICED_WARN_COUNT",
     "completeness_tolerance_pct": "FINOPS_COMPLETENESS_TOLERANCE_PCT",
     "duckdb_memory_limit": "FINOPS_DUCKDB_MEMORY_LIMIT",
     "provider_map": "FINOPS_PROVIDER_MAP",
+    "metadata_aliases": "FINOPS_METADATA_ALIASES",
     "settling_days": "FINOPS_SETTLING_DAYS",
     "finout_s3_uri": "FINOPS_FINOUT_S3_URI",
     "finout_object_name": "FINOPS_FINOUT_OBJECT_NAME",
@@ -50,6 +54,12 @@ FIXED_DIMENSIONS = ("source", "service_name", "provider", "model")
 _S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _PROVIDER = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+
+
+def snake_case(key: str) -> str:
+    """`customerId` -> `customer_id`, `Customer-ID` -> `customer_id`, `tier` -> `tier`."""
+    key = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key.strip())
+    return re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")
 
 
 class FinopsSettings(dg.ConfigurableResource):
@@ -77,7 +87,13 @@ class FinopsSettings(dg.ConfigurableResource):
         default=None, pattern=_S3_URI, description="s3://bucket/prefix the FOCUS files are also put to.")
     allocation_keys: list[str] = Field(
         default=DEFAULT_ALLOCATION_KEYS,
-        description="Allocation vocabulary: metadata key, else `key:value` tag, else first-class field.",
+        description="Allocation vocabulary: metadata key (in any case and separators), else `key:value` tag, else "
+                    "first-class field. Written in snake case (`customerId` is read as `customer_id`).",
+    )
+    metadata_aliases: dict[str, str] = Field(
+        default={},
+        description="Other metadata keys that stand for an allocation key, e.g. {'accountId': 'customer_id'}; the "
+                    "key's own name wins when both are set.",
     )
     billed_providers: list[str] = Field(
         default=list(PROVIDERS), description="Providers whose bills are read and reconciled."
@@ -100,6 +116,10 @@ class FinopsSettings(dg.ConfigurableResource):
     dagster_url: str = Field(default="http://localhost:3000", description="The Dagster UI's address, for links in alerts.")
     reconciliation_error_pct: float = Field(default=5.0, gt=0, description="|gap| % of the bill that fails (ERROR).")
     reconciliation_warn_pct: float = Field(default=2.0, ge=0, description="|gap| % of the bill that warns.")
+    unmatched_bill_pct: float = Field(
+        default=5.0, ge=0, le=100,
+        description="Share of a provider's bill for models no trace names, while traced models of that provider find no "
+                    "bill line, above which billed_models_matched fails.")
     unallocated_warn_share_pct: float = Field(
         default=20.0, ge=0, le=100, description="Share of the day's cost with an `unallocated` key that warns."
     )
@@ -115,6 +135,14 @@ class FinopsSettings(dg.ConfigurableResource):
         default="500MB", pattern=r"^(\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)|\d{1,2}%)$",
         description="DuckDB's memory limit (e.g. 500MB, 2GB, 80%): above it, DuckDB spills to disk. Raise it for speed.",
     )
+
+    @field_validator("allocation_keys", mode="before")
+    @classmethod
+    def _snake_case(cls, keys):
+        """`customerId`, `Customer-ID` -> `customer_id`: the Finout column's name (metadata matches any spelling)."""
+        if isinstance(keys, list):
+            return [snake_case(k) if isinstance(k, str) else k for k in keys]
+        return keys
 
     @field_validator("allocation_keys")
     @classmethod
@@ -157,6 +185,15 @@ class FinopsSettings(dg.ConfigurableResource):
         return name
 
     @model_validator(mode="after")
+    def _aliases_name_keys(self) -> FinopsSettings:
+        bad = {alias: key for alias, key in self.metadata_aliases.items()
+               if snake_case(key) not in self.allocation_keys or not alias.strip()}
+        if bad:
+            raise ValueError(f"metadata aliases must be `metadata key=allocation key` with a key among "
+                             f"{self.allocation_keys}, got {bad}")
+        return self
+
+    @model_validator(mode="after")
     def _dimensions_are_vocabulary(self) -> FinopsSettings:
         allowed = set(self.allocation_keys) | set(FIXED_DIMENSIONS)
         unknown = [d for d in self.dimensions if d not in allowed]
@@ -170,6 +207,11 @@ class FinopsSettings(dg.ConfigurableResource):
             raise ValueError("hashed dimensions need a secret salt in FINOPS_HASH_SALT: unsalted hashes of "
                              "identifiers can be reversed by hashing guesses")
         return self
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The allocation keys as metadata is searched for them: exact name, other spellings, aliases."""
+        return Vocabulary.of(self.allocation_keys, {a.strip(): snake_case(k) for a, k in self.metadata_aliases.items()})
 
     @property
     def dimensions(self) -> list[str]:
@@ -202,11 +244,11 @@ class FinopsSettings(dg.ConfigurableResource):
                 continue
             if field in LIST_FIELDS:
                 values[field] = [part.strip() for part in raw.split(",") if part.strip()]
-            elif field == "provider_map":  # "pattern=provider,pattern=provider"
+            elif field in ("provider_map", "metadata_aliases"):  # "pattern=provider,...", "accountId=customer_id,..."
                 pairs = [part.partition("=") for part in raw.split(",") if part.strip()]
                 bad = [p for p, eq, v in pairs if not eq]
                 if bad:
-                    raise ValueError(f"{var}: expected `pattern=provider` pairs separated by commas, got {bad}")
+                    raise ValueError(f"{var}: expected `name=value` pairs separated by commas, got {bad}")
                 values[field] = {p.strip(): v.strip() for p, _, v in pairs}
             else:
                 values[field] = raw

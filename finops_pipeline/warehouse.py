@@ -37,8 +37,12 @@ CREATE TABLE IF NOT EXISTS langfuse_generations (
     cache_write_tokens BIGINT NOT NULL,      -- cache creation
     reasoning_tokens   BIGINT NOT NULL,
     total_tokens       BIGINT NOT NULL,
+    usage_other        MAP(VARCHAR, BIGINT), -- other usage units (audio, image tokens, 1-hour cache writes,
+                                             -- characters, seconds, ...: genai-prices' unit names; a key no
+                                             -- unit fits as 'unsorted:<key>') and their counts
     cost_usd           {MONEY},              -- NULL when unpriced: unknown, not zero
-    cost_source        VARCHAR NOT NULL,     -- langfuse | price_table | unpriced
+    cost_source        VARCHAR NOT NULL,     -- langfuse | price_table | partially_priced | unpriced
+    unpriced_usage     MAP(VARCHAR, BIGINT), -- the usage no price covers (units and counts): NULL when priced
     environment        VARCHAR,
     user_id            VARCHAR,
     session_id         VARCHAR,
@@ -100,10 +104,13 @@ CREATE TABLE IF NOT EXISTS cost_reconciliation (
 """
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Tables emptied and recreated when a warehouse file of an older version is opened. Each is derived from
 # inputs that are still there (the bills, the staged generations): re-materialising its days refills it.
 REBUILT_IN_VERSION = {2: ("provider_costs", "cost_reconciliation")}  # 2: token kinds, three depths
+# Columns added to a table in place (NULL in the rows already there, until their days are re-materialised).
+ADDED_IN_VERSION = {3: [("langfuse_generations", "usage_other", "MAP(VARCHAR, BIGINT)"),  # 3: every usage unit
+                        ("langfuse_generations", "unpriced_usage", "MAP(VARCHAR, BIGINT)")]}
 
 
 @contextmanager
@@ -140,6 +147,9 @@ def _upgrade(conn: duckdb.DuckDBPyConnection) -> None:
             log.warning(f"warehouse upgraded to version {step}: table {table} was recreated empty; "
                         "re-materialise its days (a backfill) to refill it")
     conn.execute(SCHEMA)
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        for table, column, kind in ADDED_IN_VERSION.get(step, ()):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
     if version != SCHEMA_VERSION or conn.execute("SELECT count(*) FROM schema_version").fetchall() != [(1,)]:
         conn.execute("DELETE FROM schema_version")
         conn.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
@@ -159,13 +169,14 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
 
 def replace_partition(conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str,
                       params: dict | None = None) -> int:
-    """Delete the day's rows of `table` and insert `select_sql` (which may use `$day` and `params`), in the
-    caller's transaction."""
+    """Delete the day's rows of `table` and insert `select_sql` (which may use `$day` and `params`, and names
+    each column as the table does), in the caller's transaction."""
     conn.execute(f"DELETE FROM {table} WHERE day = ?", [day])
     # Rows of a table have no order here: letting DuckDB write them in any order saves memory and time.
     conn.execute("SET preserve_insertion_order = false")
     try:
-        conn.execute(f"INSERT INTO {table} {select_sql}", {"day": day, **(params or {})} if "$" in select_sql else [])
+        # By name: a column added by an upgrade sits at the table's end (ADDED_IN_VERSION)
+        conn.execute(f"INSERT INTO {table} BY NAME {select_sql}", {"day": day, **(params or {})} if "$" in select_sql else [])
     finally:
         conn.execute("RESET preserve_insertion_order")
     return conn.execute(f"SELECT count(*) FROM {table} WHERE day = ?", [day]).fetchone()[0]

@@ -27,7 +27,8 @@ OVERBILLED = DAYS[11]  # OpenAI bills a third above the traced cost: the day's r
 ASSETS = ["langfuse_generations", "allocated_costs", "openai_costs", "anthropic_costs", "other_provider_costs",
           "cost_reconciliation", "finout_upload", "focus_export"]
 CHECKS = {"unallocated_cost_share", "unpriced_generations", "extraction_complete", "cost_conserved",
-          "billed_vs_traced_gap", "delivered_cost_conserved", "focus_cost_conserved", "delivered_by_deadline"}
+          "billed_vs_traced_gap", "billed_models_matched", "delivered_cost_conserved", "focus_cost_conserved",
+          "delivered_by_deadline"}
 LAUNCH = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
   __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
 STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {

@@ -61,7 +61,7 @@ def test_alerts_and_the_delivery_deadline_run_by_default():
 def test_every_check_of_a_daily_asset_is_a_check_of_its_day():
     graph = defs.resolve_asset_graph()
     keys = graph.asset_check_keys
-    assert len(keys) == 8
+    assert len(keys) == 9
     for key in keys:
         assert graph.get(key).partitions_def == graph.get(key.asset_key).partitions_def, key
     # the checks that fail with ERROR fail the day's run (the reconciliation's fails its partition too, see

@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import boto3
+import dagster as dg
 import pytest
 import httpx
 from moto.server import ThreadedMotoServer
@@ -224,6 +225,42 @@ def test_invoice_basis_sums_to_each_bill_to_the_last_digit(settings, settled):
     check = check_evaluation(result, "delivered_cost_conserved")
     assert check.passed and "billed (traced where no bill) $46.333333" in check.description
     assert check_evaluation(result, "focus_cost_conserved").passed
+
+
+@pytest.mark.parametrize(("traced", "line_item"), [
+    ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "ft-gpt-4o-mini-2024-07-18, input"),  # a fine-tune and its line item
+    ("gpt-image-1", "gpt-image-1 image, output"),                                   # a line item's modality word
+    ("gpt-4o", "gpt-4o-2024-08-06, input"),                                         # an alias and its snapshot
+    ("openai/gpt-4.1-mini", "gpt-4.1-mini-2025-04-14, output"),                     # a routing prefix
+])
+def test_the_invoice_basis_matches_a_bill_line_to_the_traces_across_spellings(settings, settled, traced, line_item):
+    write_openai_bill(Path(settings.billing_dir), DAY, {line_item: 0.9})
+    write_anthropic_bill(Path(settings.billing_dir), DAY, {})
+    cover_day(settings, {9: rows({"chat": 0.2, "search": 0.1}, model=traced)})
+    result = materialize_day(settings, cost_basis="invoice")
+    assert failed_on_checks(result) == {"cost_reconciliation"}  # billed 3x the traces: the gap fails the day
+    assert check_evaluation(result, "billed_models_matched").passed
+    delivered = {r["feature"]: Decimal(r["Cost"]) for r in read_csv(Path(settings.finout_dir) / "llm-costs-2026-11-21.csv")}
+    assert delivered == {"chat": usd("0.6"), "search": usd("0.3")}  # the bill, in the traces' shares: nothing unattributed
+
+
+def test_names_that_still_do_not_meet_fail_the_match_check_naming_both(settings, settled):
+    """A proxy that renames the model: the bill's model and the traced one never meet. On the invoice basis the
+    bill is then delivered as `unattributed`, so the check fails with ERROR, naming both names."""
+    write_openai_bill(Path(settings.billing_dir), DAY, {})
+    write_anthropic_bill(Path(settings.billing_dir), DAY, {"claude-sonnet-4-20250514": "30"})
+    cover_day(settings, {9: rows({"chat": 0.3}, model="claude-acme-proxy")})
+    result = materialize_day(settings, cost_basis="invoice")
+    check = check_evaluation(result, "billed_models_matched")
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.description.startswith("anthropic: $0.30 (100.0% of the bill) is billed for `claude-sonnet-4` that no "
+                                        "trace names, while traced `claude-acme-proxy` ($0.30) found no bill line")
+    assert failed_on_checks(result) == {"cost_reconciliation"}
+    [row] = read_csv(Path(settings.finout_dir) / "llm-costs-2026-11-21.csv")
+    assert (row["feature"], row["model"], Decimal(row["Cost"])) == ("unattributed", "claude-sonnet-4", usd("0.3"))
+    # on the langfuse basis the delivery does not depend on it: a warning
+    langfuse = materialize_day(settings, selection=["cost_reconciliation"])
+    assert check_evaluation(langfuse, "billed_models_matched").severity == dg.AssetCheckSeverity.WARN
 
 
 def test_on_the_invoice_basis_delivery_waits_for_the_bills():

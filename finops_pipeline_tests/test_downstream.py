@@ -9,6 +9,7 @@ import pytest
 
 from finops_pipeline.assets.allocated_costs import conservation_check
 from finops_pipeline.destinations.finout import file_name
+from finops_pipeline.warehouse import SCHEMA_VERSION
 from finops_pipeline_tests.conftest import (
     DAY,
     check_evaluation,
@@ -178,5 +179,25 @@ def test_a_warehouse_of_the_previous_version_is_upgraded_keeping_the_staged_days
                                                   "cost_reconciliation"])
     assert result.success
     assert query(settings, "SELECT * FROM langfuse_generations ORDER BY observation_id") == staged
-    assert query(settings, "SELECT version FROM schema_version") == [(2,)]
+    assert query(settings, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     assert query(settings, "SELECT sum(cost_usd) FROM provider_costs WHERE token_kind = 'output'") == [(usd("1.2"),)]  # openai's 60%
+
+
+def test_a_warehouse_of_version_2_gets_the_usage_columns_in_place(settings, settled):
+    write_day(settings, ROWS)
+    bill(settings, TRACED["openai"], TRACED["anthropic"])
+    assert materialize_day(settings).success
+    with duckdb.connect(str(settings.duckdb_path)) as conn:  # as version 2 left it
+        conn.execute("ALTER TABLE langfuse_generations DROP COLUMN usage_other")
+        conn.execute("ALTER TABLE langfuse_generations DROP COLUMN unpriced_usage")
+        conn.execute("UPDATE schema_version SET version = 2")
+    staged = query(settings, "SELECT observation_id, cost_usd FROM langfuse_generations ORDER BY 1")
+    assert materialize_day(settings, selection=["other_provider_costs"]).success  # any step upgrades the warehouse
+    # the day staged before the upgrade is kept; its new columns are empty until it is run again
+    assert query(settings, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert query(settings, "SELECT observation_id, cost_usd FROM langfuse_generations ORDER BY 1") == staged
+    assert query(settings, "SELECT count(*) FROM langfuse_generations WHERE unpriced_usage IS NOT NULL") == [(0,)]
+    assert materialize_day(settings).success  # re-run: rows go in by name, the columns at the table's end
+    assert query(settings, "SELECT observation_id, cost_usd FROM langfuse_generations ORDER BY 1") == staged
+    assert query(settings, "SELECT unpriced_usage FROM langfuse_generations WHERE cost_source = 'unpriced'") == [
+        ({"input_tokens": 100, "output_tokens": 20},)]

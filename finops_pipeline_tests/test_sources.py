@@ -89,7 +89,7 @@ def test_other_providers_csv_drop_is_read_for_its_day_exactly(tmp_path):
               "2026-11-21,Self_Hosted,acme-llama,2,,GPU hours at the internal rate\n")
     lines = read_other_costs(tmp_path, DAY, excluded={"openai", "anthropic"})
     assert [(c.provider, c.model, c.token_kind, c.line_item, c.cost_usd) for c in lines] == [
-        ("bedrock", "anthropic.claude-sonnet-4", "input", "Claude, on-demand", Decimal("0.1000000001")),
+        ("aws", "anthropic.claude-sonnet-4", "input", "Claude, on-demand", Decimal("0.1000000001")),  # Bedrock's id
         ("self_hosted", "acme-llama", "other", "GPU hours at the internal rate", Decimal("2"))]
     assert lines[0].source.endswith("november.csv:3")
 
@@ -141,15 +141,39 @@ def test_settings_from_environment_and_validation(tmp_path):
     assert settings.allocation_keys == ["team", "product"]
     assert settings.billing_dir == "/bills" and settings.finout_dir == str(tmp_path / "finout")
     assert settings.reconciliation_error_pct == 7.5
-    for bad in ("Team", "cost", "team,team", "a-b"):
+    for bad in ("cost", "team,team", "team,Team", "1st", "customer_id,customerId"):
         with pytest.raises(ValueError):
             FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_ALLOCATION_KEYS": bad})
+    # keys as people write them are the Finout column's snake case (metadata matches any spelling of them)
+    spelled = FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_ALLOCATION_KEYS": "customerId, Cost-Center, tier"})
+    assert spelled.allocation_keys == ["customer_id", "cost_center", "tier"]
+    aliased = FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_METADATA_ALIASES": "accountId=customer_id, org=team"})
+    assert aliased.metadata_aliases == {"accountId": "customer_id", "org": "team"}
+    with pytest.raises(ValueError, match="metadata aliases"):
+        FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_METADATA_ALIASES": "accountId=account"})
 
 
 @pytest.mark.parametrize(("model", "provider"), [
+    # the vendors' own APIs
     ("gpt-4o-2024-08-06", "openai"), ("ft:gpt-4o-mini:acme::x1", "openai"), ("o3-mini", "openai"),
-    ("claude-3-5-haiku-20241022", "anthropic"), ("anthropic.claude-sonnet-4", "anthropic"),
-    ("gemini-2.5-pro", "google"), ("acme-llama-ft", "unknown"), (None, "unknown"),
+    ("text-embedding-3-small", "openai"), ("openai/gpt-4.1", "openai"), ("tts-1", "openai"),
+    ("claude-3-5-haiku-20241022", "anthropic"), ("anthropic/claude-sonnet-4", "anthropic"),
+    ("gemini-2.5-pro", "google"), ("gemini-embedding-001", "google"), ("mistral-large-latest", "mistral"),
+    # Azure OpenAI: its own spelling of gpt-3.5, or a routing prefix
+    ("gpt-35-turbo", "azure"), ("gpt-35-turbo-16k", "azure"), ("azure/gpt-4o", "azure"),
+    # Bedrock: model ids, cross-region inference profiles, ARNs, routing prefixes (the price table's id: aws)
+    ("anthropic.claude-sonnet-4-20250514-v1:0", "aws"), ("us.anthropic.claude-sonnet-4-20250514-v1:0", "aws"),
+    ("eu.anthropic.claude-3-7-sonnet-20250219-v1:0", "aws"), ("apac.anthropic.claude-3-5-sonnet-20240620-v1:0", "aws"),
+    ("global.anthropic.claude-sonnet-4-5-20250929-v1:0", "aws"), ("meta.llama3-70b-instruct-v1:0", "aws"),
+    ("amazon.nova-pro-v1:0", "aws"), ("bedrock/anthropic.claude-3-haiku-20240307-v1:0", "aws"),
+    ("arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-7-sonnet-20250219-v1:0", "aws"),
+    # Vertex AI: `@` snapshots, routing prefixes
+    ("claude-sonnet-4@20250514", "google"), ("claude-3-5-sonnet-v2@20241022", "google"),
+    ("vertex_ai/gemini-1.5-pro", "google"),
+    # open weights served by many hosts: only a host's prefix (or the map) says who bills
+    ("gpt-oss-120b", "unknown"), ("gpt-oss-20b", "unknown"), ("llama-3.1-70b-instruct", "unknown"),
+    ("groq/llama-3.1-8b-instant", "groq"), ("together_ai/meta-llama/Llama-3.3-70B-Instruct-Turbo", "together"),
+    ("acme-llama-ft", "unknown"), (None, "unknown"),
 ])
 def test_provider_of_model(model, provider):
     assert pricing.provider_of(model) == provider
@@ -157,21 +181,47 @@ def test_provider_of_model(model, provider):
 
 def test_provider_map_from_settings_wins_over_the_built_in_mapping(tmp_path):
     settings = FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path),
-                                        "FINOPS_PROVIDER_MAP": "anthropic.claude-*=bedrock, acme-*=self_hosted"})
-    assert settings.provider_map == {"anthropic.claude-*": "bedrock", "acme-*": "self_hosted"}
-    assert pricing.provider_of("Anthropic.Claude-Sonnet-4", settings.provider_map) == "bedrock"
+                                        "FINOPS_PROVIDER_MAP": "anthropic.claude-*=bedrock, acme-*=self_hosted, gpt-oss-*=groq"})
+    assert settings.provider_map == {"anthropic.claude-*": "bedrock", "acme-*": "self_hosted", "gpt-oss-*": "groq"}
+    # the README's pattern matches inference profiles too; `bedrock` is the price table's `aws`
+    for model in ("Anthropic.Claude-Sonnet-4", "us.anthropic.claude-sonnet-4-20250514-v1:0"):
+        assert pricing.provider_of(model, settings.provider_map) == "aws"
     assert pricing.provider_of("acme-llama-ft", settings.provider_map) == "self_hosted"
+    assert pricing.provider_of("gpt-oss-120b", settings.provider_map) == "groq"
     assert pricing.provider_of("claude-sonnet-4-20250514", settings.provider_map) == "anthropic"
-    with pytest.raises(ValueError, match="pattern=provider"):
+    with pytest.raises(ValueError, match="name=value"):
         FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_PROVIDER_MAP": "acme-*"})
     with pytest.raises(ValueError, match="lower-case provider name"):
         FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_PROVIDER_MAP": "acme-*=Self Hosted"})
 
 
+@pytest.mark.parametrize(("name", "provider"), [
+    ("bedrock", "aws"), ("amazon_bedrock", "aws"), ("aws", "aws"), ("vertex", "google"), ("vertex_ai", "google"),
+    ("google", "google"), ("azure_openai", "azure"), ("azure", "azure"), ("together_ai", "together"),
+    ("self_hosted", "self_hosted"), ("openai", "openai"),
+])
+def test_what_people_call_a_provider_is_read_as_the_price_tables_id(name, provider):
+    assert pricing.canonical_provider(name) == provider
+
+
+@pytest.mark.parametrize(("traced", "billed"), [
+    ("gpt-4o", "gpt-4o-2024-08-06"),                                          # alias and snapshot
+    ("claude-sonnet-4-latest", "claude-sonnet-4-20250514"),                   # -latest alias
+    ("us.anthropic.claude-sonnet-4-20250514-v1:0", "anthropic.claude-sonnet-4-20250514-v1:0"),  # inference profile
+    ("claude-sonnet-4@20250514", "claude-sonnet-4"),                          # Vertex snapshot
+    ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "ft-gpt-4o-mini-2024-07-18"),  # fine-tune and its line item
+    ("gpt-image-1", "gpt-image-1 image"),                                      # a line item's modality word
+    ("gpt-35-turbo", "gpt-3.5-turbo"),                                         # Azure's spelling
+])
+def test_a_trace_and_a_bill_agree_on_a_models_name_across_spellings(traced, billed):
+    assert pricing.model_key(traced) == pricing.model_key(billed)
+
+
 def test_price_table_rates_come_from_the_maintained_table():
-    price = pricing.price_of("claude-sonnet-4-20250514", DAY)
-    assert (price.input, price.cached, price.output) == (Decimal("0.000003"), Decimal("0.0000003"), Decimal("0.000015"))
-    assert pricing.price_of("acme-llama-ft", DAY) is None
+    price = pricing.list_rates("claude-sonnet-4-20250514", DAY)
+    assert [price.rate(u) for u in ("input_tokens", "cache_read_tokens", "output_tokens", "output_reasoning_tokens")] == [
+        Decimal("0.000003"), Decimal("0.0000003"), Decimal("0.000015"), Decimal("0.000015")]
+    assert pricing.list_rates("acme-llama-ft", DAY) is None
 
 
 def test_duckdb_memory_limit_reaches_the_warehouse_connection(tmp_path):

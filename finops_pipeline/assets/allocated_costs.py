@@ -13,8 +13,9 @@ _ALLOCATE = """
 SELECT day, allocation, provider, coalesce(model, 'unknown') AS model,
        count(*) AS calls,
        count(*) FILTER (WHERE cost_source = 'unpriced') AS unpriced_calls,
-       sum(input_tokens), sum(output_tokens), sum(cached_tokens), sum(cache_write_tokens),
-       sum(reasoning_tokens), sum(total_tokens),
+       sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cached_tokens) AS cached_tokens,
+       sum(cache_write_tokens) AS cache_write_tokens, sum(reasoning_tokens) AS reasoning_tokens,
+       sum(total_tokens) AS total_tokens,
        coalesce(sum(cost_usd), 0) AS cost_usd
 FROM langfuse_generations
 WHERE day = $day

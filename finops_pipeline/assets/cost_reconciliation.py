@@ -16,68 +16,117 @@ from finops_pipeline.reconciliation import (
     label,
     provider_verdicts,
     reading,
+    register_model_keys,
 )
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
 GAP_CHECK = "billed_vs_traced_gap"
+MATCH_CHECK = "billed_models_matched"
 FAILED_DAY = "Reconciliation failed for"  # how the step's failure starts when the gap check fails with ERROR
 DEPTHS = ("provider", "model", "token_kind")
 SHOWN_PER_DEPTH = 15  # rows of each depth in the check's tables; all of them are in the table
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    pool=WAREHOUSE_POOL,
-    group_name="reconciliation",
-    kinds={"duckdb"},
-    deps=["allocated_costs", "openai_costs", "anthropic_costs", "other_provider_costs"],
-    description=(
-        "Per day: what providers billed vs what Langfuse traced, per provider, per model and per token kind "
-        "(input, cached, cache_write, output), with the gap in $ and % of the bill. The bill is the truth for "
-        "how much; Langfuse for the breakdown. A model mapped to no provider is its own row. A day is "
-        "provisional until its bills settle (FINOPS_SETTLING_DAYS after it ends)."
-    ),
-    check_specs=[
-        daily_check(GAP_CHECK, "cost_reconciliation",
-                    description="|billed − traced| per billing provider within the warn and error thresholds; "
-                                "a provisional day warns at most. An ERROR fails the day: its run and its partition."),
-    ],
-)
-def cost_reconciliation(
-    context: dg.AssetExecutionContext, duckdb: DuckDBResource, settings: FinopsSettings
-) -> Iterator[dg.MaterializeResult | dg.AssetObservation | dg.AssetCheckResult]:
-    day = partition_day(context)
-    settled_at = final_after(day, settings.settling_days)
-    final = datetime.now(timezone.utc) >= settled_at
-    with connect(duckdb) as conn:
-        models = [m for (m,) in conn.execute("SELECT DISTINCT model FROM allocated_costs WHERE day = ?", [day]).fetchall()]
-        register_model_prices(conn, models, day, settings.provider_map)
-        for statement in PREPARE_SQL:
-            conn.execute(statement, {"day": day} if "$day" in statement else [])
-        with transaction(conn):
-            rows = replace_partition(conn, "cost_reconciliation", day, RECONCILE_SQL,
-                                     {"billed_providers": settings.billed_providers, "final": final})
-        table = conn.execute(
-            "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? ORDER BY depth, provider, model, token_kind",
-            [day]).df()
-    check = gap_check(table, settings, final, settled_at)
-    metadata: dict = {"dagster/row_count": rows, "final": final}
-    for r in table[table.depth == "provider"].itertuples():
-        if r.provider != "unknown":
-            metadata[f"{r.provider}_traced_usd"] = float(r.traced_usd)
-            metadata[f"{r.provider}_billed_usd"] = float(r.billed_usd)
-    metadata["by_provider"] = check.metadata["by_provider"]
-    if check.passed or check.severity != dg.AssetCheckSeverity.ERROR:
-        yield dg.MaterializeResult(metadata=metadata, check_results=[check])
-        return
-    # The bill disagrees with the traces on a settled day: the day fails, visibly wherever a user looks for
-    # it. A blocking check would fail the run but record the partition as materialized, so the partition
-    # view and a backfill would call the day done. Instead the day's figures are recorded (the table, an
-    # observation for the plots, the check), and the step fails without a materialization.
-    yield dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key, metadata=metadata)
-    yield check
-    raise dg.Failure(description=f"{FAILED_DAY} {day}: {check.description}", allow_retries=False)
+def build_cost_reconciliation(basis: str) -> dg.AssetsDefinition:
+    """The reconciliation asset; `basis` (the cost basis) sets how hard a bill the traces do not meet fails."""
+
+    @dg.asset(
+        partitions_def=daily_partitions,
+        pool=WAREHOUSE_POOL,
+        group_name="reconciliation",
+        kinds={"duckdb"},
+        deps=["allocated_costs", "openai_costs", "anthropic_costs", "other_provider_costs"],
+        description=(
+            "Per day: what providers billed vs what Langfuse traced, per provider, per model and per token kind "
+            "(input, cached, cache_write, output), with the gap in $ and % of the bill. The bill is the truth for "
+            "how much; Langfuse for the breakdown. A model mapped to no provider is its own row. A day is "
+            "provisional until its bills settle (FINOPS_SETTLING_DAYS after it ends)."
+        ),
+        check_specs=[
+            daily_check(GAP_CHECK, "cost_reconciliation",
+                        description="|billed − traced| per billing provider within the warn and error thresholds; "
+                                    "a provisional day warns at most. An ERROR fails the day: its run and its partition."),
+            daily_check(MATCH_CHECK, "cost_reconciliation",
+                        description="No large share of a provider's bill is for models no trace names while traced models "
+                                    "of that provider find no bill line: the two sides' names failed to meet. ERROR on the "
+                                    "invoice cost basis, where such spend is delivered as `unattributed`; WARN otherwise."),
+        ],
+    )
+    def cost_reconciliation(
+        context: dg.AssetExecutionContext, duckdb: DuckDBResource, settings: FinopsSettings
+    ) -> Iterator[dg.MaterializeResult | dg.AssetObservation | dg.AssetCheckResult]:
+        day = partition_day(context)
+        settled_at = final_after(day, settings.settling_days)
+        final = datetime.now(timezone.utc) >= settled_at
+        with connect(duckdb) as conn:
+            models = {m: set() for (m,) in conn.execute("SELECT DISTINCT model FROM allocated_costs WHERE day = ?", [day]).fetchall()}
+            register_model_prices(conn, models, day, settings.provider_map)
+            register_model_keys(conn, day)
+            for statement in PREPARE_SQL:
+                conn.execute(statement, {"day": day} if "$day" in statement else [])
+            with transaction(conn):
+                rows = replace_partition(conn, "cost_reconciliation", day, RECONCILE_SQL,
+                                         {"billed_providers": settings.billed_providers, "final": final})
+            table = conn.execute(
+                "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? ORDER BY depth, provider, model, token_kind",
+                [day]).df()
+        check = gap_check(table, settings, final, settled_at)
+        matched = match_check(table, settings, final, basis)
+        metadata: dict = {"dagster/row_count": rows, "final": final}
+        for r in table[table.depth == "provider"].itertuples():
+            if r.provider != "unknown":
+                metadata[f"{r.provider}_traced_usd"] = float(r.traced_usd)
+                metadata[f"{r.provider}_billed_usd"] = float(r.billed_usd)
+        metadata["by_provider"] = check.metadata["by_provider"]
+        failed = [c for c in (check, matched) if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR]
+        if not failed:
+            yield dg.MaterializeResult(metadata=metadata, check_results=[check, matched])
+            return
+        # The bill disagrees with the traces on a settled day: the day fails, visibly wherever a user looks for
+        # it. A blocking check would fail the run but record the partition as materialized, so the partition
+        # view and a backfill would call the day done. Instead the day's figures are recorded (the table, an
+        # observation for the plots, the check), and the step fails without a materialization.
+        yield dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key, metadata=metadata)
+        yield check
+        yield matched
+        raise dg.Failure(description=f"{FAILED_DAY} {day}: " + " ".join(c.description for c in failed), allow_retries=False)
+
+    return cost_reconciliation
+
+
+def match_check(table: pd.DataFrame, settings: FinopsSettings, final: bool, basis: str) -> dg.AssetCheckResult:
+    """Per billing provider, at model depth: the share of its bill for models no trace names, when some traced
+    model of that provider found no bill line either (so the names, not the traces, are what is missing)."""
+    models = table[(table.depth == "model") & table.has_bill]
+    findings, worst = [], 0.0
+    for provider, rows in models.groupby("provider"):
+        billed = rows.billed_usd.astype(float).sum()
+        orphans = rows[(rows.traced_usd.astype(float) == 0) & (rows.billed_usd.astype(float) > 0)]
+        strays = rows[(rows.billed_usd.astype(float) == 0) & (rows.traced_usd.astype(float) > 0)]
+        share = 100 * orphans.billed_usd.astype(float).sum() / billed if billed else 0.0
+        if len(strays) and share > settings.unmatched_bill_pct:
+            worst = max(worst, share)
+            findings.append(
+                f"{provider}: ${orphans.billed_usd.astype(float).sum():,.2f} ({share:.1f}% of the bill) is billed for "
+                + ", ".join(f"`{m}`" for m in orphans.model) + " that no trace names, while traced "
+                + ", ".join(f"`{r.model}` (${float(r.traced_usd):,.2f})" for r in strays.itertuples())
+                + " found no bill line")
+    error = basis == "invoice" and final
+    if findings:
+        description = ("; ".join(findings) + ". If these are one model under two names, map them (FINOPS_PROVIDER_MAP "
+                       "for the provider; the model names must meet as pricing.model_key reads them)"
+                       + (": on the invoice basis this spend is delivered as `unattributed`." if basis == "invoice" else "."))
+    else:
+        description = (f"Every billing provider's bill meets its traces at model depth (no more than "
+                       f"{settings.unmatched_bill_pct:g}% billed for untraced models while traced ones found no bill line).")
+    return dg.AssetCheckResult(
+        check_name=MATCH_CHECK, passed=not findings,
+        severity=dg.AssetCheckSeverity.ERROR if error else dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata={"worst_unmatched_share_pct": float(worst), "threshold_pct": settings.unmatched_bill_pct,
+                  "cost_basis": basis},
+    )
 
 
 def gap_check(table: pd.DataFrame, settings: FinopsSettings, final: bool, settled_at: datetime) -> dg.AssetCheckResult:

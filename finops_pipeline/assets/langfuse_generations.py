@@ -68,7 +68,7 @@ def langfuse_generations(
                 [[day, str(r.file), r.line, r.reason] for r in extraction.rejected],
             )
         with transaction(conn):
-            rows = replace_partition(conn, "langfuse_generations", day, generations_sql(settings.allocation_keys))
+            rows = replace_partition(conn, "langfuse_generations", day, generations_sql(settings.vocabulary))
             conn.execute("DELETE FROM quarantine WHERE source = 'langfuse_generations' AND day = ?", [day])
             conn.execute("INSERT INTO quarantine SELECT * FROM day_quarantine")
         stats = generation_stats(conn, day, settings.allocation_keys)
@@ -84,6 +84,7 @@ def langfuse_generations(
         "total_cost_usd": stats["total_cost"],
         "langfuse_priced_cost_usd": stats["cost_langfuse"],
         "price_table_cost_usd": stats["cost_price_table"],
+        "partially_priced_generations": stats["partially_priced"],
         "unpriced_generations": stats["unpriced"],
         "unallocated_cost_usd": stats["unallocated_cost"],
         "quarantined_rows": quarantined,
@@ -117,7 +118,7 @@ def _extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: Fin
         context.log.warning(f"Skipped {path}: no manifest lists it yet (Langfuse may still be writing it).")
     for path, why in listing.unreadable_manifests:
         context.log.warning(f"Skipped manifest {path}: {why}")
-    rejected = read_observations(conn, files, settings.allocation_keys)
+    rejected = read_observations(conn, files, settings.vocabulary)
     return Extraction(rejected, {"source": f"blob export {export_dir}", "files_read": len(files),
                                  "files_skipped_unlisted": len(listing.unlisted)},
                       lambda conn, day: export_completeness(conn, files, rejected))
@@ -126,14 +127,15 @@ def _extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: Fin
 def _extract_from_api(context, conn: duckdb.DuckDBPyConnection, langfuse: LangfuseApiResource,
                       settings: FinopsSettings, day: date) -> Extraction:
     start, end = day_bounds(day)
-    loader = ApiPageLoader(conn, settings.allocation_keys)
+    loader = ApiPageLoader(conn, settings.vocabulary)
     started = time.monotonic()
     with langfuse.client() as api:
         context.log.info(f"Reading {day} from Langfuse at {api.host}: {langfuse.windows} windows, "
                          f"{langfuse.concurrency} at once, at most {langfuse.requests_per_minute:g} requests/min.")
         try:
             stats = api.fetch_observations(start, end, loader, windows=langfuse.windows,
-                                           concurrency=langfuse.concurrency, metadata_keys=settings.allocation_keys)
+                                           concurrency=langfuse.concurrency,
+                                           metadata_keys=[*settings.allocation_keys, *settings.metadata_aliases])
             loader.flush()
         except LangfuseApiError as exc:
             raise dg.Failure(str(exc)) from None
@@ -165,12 +167,28 @@ def generation_stats(conn, day, keys: list[str]) -> dict:
                count(*) FILTER (WHERE cost_source = 'unpriced'),
                coalesce(sum(total_tokens) FILTER (WHERE cost_source = 'unpriced'), 0),
                coalesce(sum(cost_usd) FILTER (WHERE list_contains(map_values(allocation), '{UNALLOCATED}')), 0),
+               count(*) FILTER (WHERE cost_source = 'partially_priced'),
+               coalesce(sum(cost_usd) FILTER (WHERE cost_source = 'partially_priced'), 0),
                {per_key}
         FROM langfuse_generations WHERE day = ?""", [day]).fetchone()
+    # Per model, what no price covers: unpriced calls, and the units the price table has no price for in
+    # calls it priced otherwise (partially priced), with their counts.
     unpriced_models = conn.execute("""
-        SELECT coalesce(model, '(no model)') AS model, count(*) AS generations, sum(total_tokens) AS tokens
-        FROM langfuse_generations WHERE day = ? AND cost_source = 'unpriced' GROUP BY 1 ORDER BY 2 DESC""",
-        [day]).df()
+        WITH unpriced AS (
+            SELECT coalesce(model, '(no model)') AS model, provider, cost_source, total_tokens, unpriced_usage
+            FROM langfuse_generations WHERE day = ? AND cost_source IN ('unpriced', 'partially_priced')
+        ), units AS (
+            SELECT model, provider, cost_source, e.key AS unit, sum(e.value) AS n
+            FROM (SELECT *, unnest(map_entries(unpriced_usage)) AS e FROM unpriced) GROUP BY ALL
+        ), labels AS (
+            SELECT model, provider, cost_source, string_agg(unit || ' ' || format('{:,}', n), ', ' ORDER BY n DESC, unit)
+                   AS without_price
+            FROM units GROUP BY ALL
+        )
+        SELECT model, provider, cost_source, count(*) AS generations, sum(total_tokens) AS tokens,
+               coalesce(any_value(l.without_price), '') AS without_price
+        FROM unpriced LEFT JOIN labels l USING (model, provider, cost_source)
+        GROUP BY model, provider, cost_source ORDER BY generations DESC, model""", [day]).df()
     return {
         "total_cost": float(row[0]),
         "cost_langfuse": float(row[1]),
@@ -178,7 +196,9 @@ def generation_stats(conn, day, keys: list[str]) -> dict:
         "unpriced": row[3],
         "unpriced_tokens": row[4],
         "unallocated_cost": float(row[5]),
-        "unallocated_by_key": {k: float(v) for k, v in zip(keys, row[6:])},
+        "partially_priced": row[6],
+        "cost_partially_priced": float(row[7]),
+        "unallocated_by_key": {k: float(v) for k, v in zip(keys, row[8:])},
         "unpriced_models": unpriced_models,
     }
 
@@ -209,25 +229,35 @@ def unallocated_check(stats: dict, settings: FinopsSettings) -> dg.AssetCheckRes
 
 
 def unpriced_check(stats: dict, settings: FinopsSettings) -> dg.AssetCheckResult:
-    count = stats["unpriced"]
+    """Generations neither Langfuse nor the price table could price, and those priced but for some of their
+    usage (a unit the model has no price in, a usage key nothing recognises): never $0, always named."""
+    unpriced, partial = stats["unpriced"], stats["partially_priced"]
+    count = unpriced + partial
     passed = count <= settings.unpriced_warn_count
     metadata = {
-        "unpriced_generations": count,
+        "unpriced_generations": unpriced,
         "unpriced_tokens": stats["unpriced_tokens"],
+        "partially_priced_generations": partial,
+        "partially_priced_cost_usd": stats["cost_partially_priced"],
         "threshold": settings.unpriced_warn_count,
     }
+    models = stats["unpriced_models"]
     if count:
-        metadata["models"] = dg.MetadataValue.md(stats["unpriced_models"].to_markdown(index=False))
-    models = ", ".join(stats["unpriced_models"]["model"].head(5)) if count else ""
+        metadata["models"] = dg.MetadataValue.md(models.head(50).rename(columns={
+            "cost_source": "cost source", "without_price": "usage without a price"}).to_markdown(index=False))
+    named = "; ".join(
+        f"{r.model} ({r.provider}): {r.generations} {r.cost_source.replace('_', ' ')}"
+        + (f", without a price: {r.without_price}" if r.without_price else "") for r in models.head(5).itertuples())
     return dg.AssetCheckResult(
         check_name=UNPRICED_CHECK,
         passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
         description=(
-            f"{count} generations ({stats['unpriced_tokens']:,} tokens) have no price"
-            + (f": {models}" if count else "")
-            + ("" if passed else f"; above the threshold of {settings.unpriced_warn_count}. Add a price in Langfuse"
-               " or the model is missing from the price table: this spend is not in the totals.")
+            f"{unpriced} generations ({stats['unpriced_tokens']:,} tokens) have no price and {partial} are priced "
+            f"only in part (${stats['cost_partially_priced']:,.2f} priced)" + (f": {named}" if count else "")
+            + ("" if passed else f"; above the threshold of {settings.unpriced_warn_count}. Add a price in Langfuse, "
+               "or map the model to the provider that serves it (FINOPS_PROVIDER_MAP): what has no price is not in "
+               "the totals.")
         ),
         metadata=metadata,
     )

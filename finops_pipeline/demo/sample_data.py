@@ -70,12 +70,14 @@ def _ts(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _usd(tokens: dict[str, int], price: pricing.ModelPrice) -> dict[str, Decimal]:
+def _usd(tokens: dict[str, int], price: pricing.Rates) -> dict[str, Decimal]:
     cost = {
-        "input": tokens.get("input", 0) * price.input,
-        "input_cached_tokens": tokens.get("input_cached_tokens", 0) * price.cached,
-        "output": (tokens.get("output", 0) + tokens.get("output_reasoning_tokens", 0)) * price.output,
+        "input": tokens.get("input", 0) * price.rate("input_tokens"),
+        "input_cached_tokens": tokens.get("input_cached_tokens", 0) * price.rate("cache_read_tokens"),
+        "output": tokens.get("output", 0) * price.rate("output_tokens"),
     }
+    if tokens.get("output_reasoning_tokens"):
+        cost["output"] += tokens["output_reasoning_tokens"] * price.rate("output_reasoning_tokens")
     cost["total"] = sum(cost.values())
     return cost
 
@@ -95,7 +97,7 @@ def _generation(rng: random.Random, day: date, moment: datetime, obs_id: str) ->
         usage["output_reasoning_tokens"] = reasoning
     usage["total"] = sum(usage.values())
 
-    price = pricing.price_of(model, day)
+    price = pricing.list_rates(model, day)
     cost_details: dict[str, float] = {}
     if price is not None and model not in LANGFUSE_UNPRICED:
         cost_details = {k: float(v) for k, v in _usd(usage, price).items()}
@@ -273,7 +275,7 @@ def _billed_lines(day: date, rows: list[dict], overbill: bool, rng: random.Rando
     for row in rows:
         model = row.get("provided_model_name")
         provider = pricing.provider_of(model)
-        price = pricing.price_of(model, day)
+        price = pricing.list_rates(model, day)
         if provider not in lines or price is None:
             continue
         for kind, usd in _usd(row["usage_details"], price).items():

@@ -65,7 +65,7 @@ CREATE OR REPLACE TABLE scratch.observations (
     model VARCHAR, environment VARCHAR, user_id VARCHAR, session_id VARCHAR, prompt_name VARCHAR,
     prompt_version INTEGER, tags VARCHAR[], metadata_values VARCHAR[],
     input_tokens BIGINT, output_tokens BIGINT, cached_tokens BIGINT, cache_write_tokens BIGINT,
-    reasoning_tokens BIGINT, total_tokens BIGINT, langfuse_cost {MONEY}
+    reasoning_tokens BIGINT, total_tokens BIGINT, usage_other MAP(VARCHAR, BIGINT), langfuse_cost {MONEY}
 )
 """
 
@@ -76,30 +76,88 @@ CREATE OR REPLACE MACRO scratch.utc_time(t) AS CASE
     WHEN upper(right(t, 1)) = 'Z' OR contains(substr(t, 12), '+') OR contains(substr(t, 12), '-')
     THEN timezone('UTC', TRY_CAST(upper(t) AS TIMESTAMPTZ))
     ELSE TRY_CAST(t AS TIMESTAMP) END;
--- Langfuse usage keys are disjoint (detail keys are subtracted from input/output): sort them by kind.
-CREATE OR REPLACE MACRO scratch.token_kind(k) AS CASE
-    WHEN k = 'input' THEN 'input' WHEN k = 'output' THEN 'output' WHEN k = 'total' THEN 'total'
-    WHEN k ILIKE '%reasoning%' THEN 'reasoning'
-    WHEN k ILIKE '%cache%' AND (k ILIKE '%creation%' OR k ILIKE '%write%') THEN 'cache_write'
-    WHEN k ILIKE '%cache%' THEN 'cached'
-    WHEN k ILIKE 'input%' OR k ILIKE 'prompt%' THEN 'input'
-    WHEN k ILIKE 'output%' OR k ILIKE 'completion%' THEN 'output'
-    ELSE 'other' END;
+-- Each usage key (lower case) as the unit it counts, in genai-prices' unit names. Langfuse's keys are disjoint
+-- (a detail key is subtracted from input or output), whatever the provider called them: OpenAI's
+-- input_cached_tokens, Anthropic's cache_creation_input_tokens (and its 1-hour TTL), Gemini's
+-- thoughts_token_count, audio and image tokens. A key nothing here recognises is 'unsorted:<key>'.
+CREATE OR REPLACE MACRO scratch.usage_unit(k) AS CASE
+    WHEN k = 'input' THEN 'input_tokens' WHEN k = 'output' THEN 'output_tokens'
+    WHEN k LIKE 'total%' THEN 'total'
+    WHEN k LIKE '%char%' THEN 'input_characters'
+    WHEN k LIKE '%second%' OR k LIKE '%duration%' THEN CASE
+        WHEN k LIKE '%output%' OR k LIKE '%completion%' THEN 'output_audio_seconds'
+        WHEN k LIKE '%input%' OR k LIKE '%prompt%' THEN 'input_audio_seconds' ELSE 'audio_seconds' END
+    WHEN k LIKE '%reason%' OR k LIKE '%thought%' OR k LIKE '%thinking%' THEN 'output_reasoning_tokens'
+    WHEN (k LIKE '%cache%' AND (k LIKE '%creat%' OR k LIKE '%write%')) OR k LIKE '%ephemeral%' THEN CASE
+        WHEN k LIKE '%1h%' OR k LIKE '%hour%' THEN 'cache_write_1h_tokens' ELSE 'cache_write_tokens' END
+    WHEN k LIKE '%cache%' THEN CASE WHEN k LIKE '%audio%' THEN 'cache_audio_read_tokens'
+        WHEN k LIKE '%image%' THEN 'cache_image_read_tokens' ELSE 'cache_read_tokens' END
+    WHEN k LIKE '%tool%' THEN 'input_tool_tokens'
+    WHEN k LIKE '%citation%' THEN 'output_citation_tokens'
+    WHEN k LIKE '%search%' THEN 'web_searches'
+    WHEN k IN ('images', 'image', 'image_count', 'num_images', 'output_images', 'input_images') THEN 'images'
+    WHEN k LIKE '%audio%' OR k LIKE '%image%' OR k LIKE '%video%' THEN
+        (CASE WHEN k LIKE '%output%' OR k LIKE '%completion%' OR k LIKE '%candidate%' THEN 'output_' ELSE 'input_' END)
+        || (CASE WHEN k LIKE '%audio%' THEN 'audio' WHEN k LIKE '%image%' THEN 'image' ELSE 'video' END) || '_tokens'
+    WHEN k LIKE '%output%' OR k LIKE '%completion%' OR k LIKE '%candidate%' THEN 'output_tokens'
+    WHEN k LIKE '%input%' OR k LIKE '%prompt%' THEN 'input_tokens'
+    ELSE 'unsorted:' || k END;
 -- Values of `values` whose kind (same position in `kinds`) is `kind`; NULL when there are none.
 CREATE OR REPLACE MACRO scratch.sum_of(values, kinds, kind) AS
     list_sum(list_where(values, list_transform(kinds, lambda k: k = kind)));
 CREATE OR REPLACE MACRO scratch.sum_except(values, kinds, kind) AS
     list_sum(list_where(values, list_transform(kinds, lambda k: k <> kind)));
+-- The units beyond the five the staging table keeps as columns, with their counts: {unit: count}.
+CREATE OR REPLACE MACRO scratch.other_usage(counts, units) AS map_from_entries(list_transform(
+    list_distinct(list_filter(units, lambda u: u NOT IN ('input_tokens', 'output_tokens', 'cache_read_tokens',
+                                                          'cache_write_tokens', 'output_reasoning_tokens', 'total'))),
+    lambda u: {'key': u, 'value': scratch.sum_of(counts, units, u)::BIGINT}));
 -- The first position where `texts` holds a value that is not a whole number >= 0 (`numbers`: the same, cast).
 CREATE OR REPLACE MACRO scratch.bad_count_at(texts, numbers) AS list_position(list_transform(list_zip(texts, numbers),
     lambda p: p[1] IS NULL OR coalesce(p[2] >= 0 AND p[2] % 1 = 0, false)), false);
+CREATE OR REPLACE MACRO scratch.normal_key(k) AS lower(regexp_replace(k, '[^A-Za-z0-9]', '', 'g'));
 CREATE OR REPLACE MACRO scratch.bad_amount_at(texts, amounts) AS list_position(list_transform(list_zip(texts, amounts),
     lambda p: p[1] IS NULL OR coalesce(p[2] >= 0, false)), false);
 """
 
 
-def _metadata_paths(metadata_keys: list[str]) -> str:
-    return "[" + ", ".join(f"'$.\"{key}\"'" for key in metadata_keys) + "]"  # keys are validated identifiers
+def normal_key(key: str) -> str:
+    """A metadata key with case and separators gone: `customerId`, `customer-id`, `Customer_ID` -> `customerid`."""
+    return re.sub(r"[^a-z0-9]", "", key.lower())
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The allocation keys read from metadata, in order: each by its exact name, else by the first key of the
+    object that differs from it only in case and separators (`customerId` for `customer_id`) or is one of
+    its aliases (FINOPS_METADATA_ALIASES, e.g. `accountId` for `customer_id`)."""
+
+    keys: tuple[str, ...]
+    spellings: tuple[tuple[str, ...], ...]  # per key: the normal forms (`normal_key`) that stand for it
+
+    @classmethod
+    def of(cls, keys: list[str], aliases: dict[str, str] | None = None) -> Vocabulary:
+        return cls(tuple(keys), tuple(tuple(sorted({normal_key(k), *(normal_key(a) for a, target in (aliases or {}).items()
+                                                                      if target == k)})) for k in keys))
+
+
+def _metadata_values(metadata: str, vocabulary: Vocabulary, is_map: bool = False) -> str:
+    """The vocabulary's values from `metadata` (SQL of a JSON object, or of a MAP(VARCHAR, VARCHAR)): the exact
+    keys in one call; only a row missing one looks through its keys for another spelling of it."""
+    spellings = "[" + ", ".join("[" + ", ".join(f"'{n}'" for n in names) + "]" for names in vocabulary.spellings) + "]"
+    if is_map:
+        exact = "[" + ", ".join(f"map_extract_value({metadata}, '{k}')" for k in vocabulary.keys) + "]"
+        other = (f"map_extract_value({metadata}, list_filter(map_keys({metadata}), "
+                 "lambda k: list_contains(p[2], scratch.normal_key(k)))[1])")
+        is_object = f"{metadata} IS NOT NULL"
+    else:  # keys are validated identifiers: safe in a path; a key with a quote cannot be one
+        exact = f"json_extract_string({metadata}, [" + ", ".join(f"'$.\"{k}\"'" for k in vocabulary.keys) + "])"
+        other = (f"json_extract_string({metadata}, '$.\"' || list_filter(json_keys({metadata}), "
+                 "lambda k: NOT contains(k, '\"') AND list_contains(p[2], scratch.normal_key(k)))[1] || '\"')")
+        is_object = f"json_type({metadata}) = 'OBJECT'"
+    # `exact` thrice in one expression: DuckDB computes a repeated subexpression once.
+    return (f"CASE WHEN {is_object} AND list_bool_or(list_transform({exact}, lambda x: x IS NULL)) "
+            f"THEN list_transform(list_zip({exact}, {spellings}), lambda p: coalesce(p[1], {other})) ELSE {exact} END")
 
 
 def _nested_json(name: str, json_sql: str) -> str:
@@ -108,13 +166,13 @@ def _nested_json(name: str, json_sql: str) -> str:
             f"json_extract_string({json_sql}, '$.*') AS {name}_text, {json_sql} AS {name}")
 
 
-def _json_fields(metadata_keys: list[str]) -> str:
+def _json_fields(vocabulary: Vocabulary) -> str:
     """The columns `_validate_sql` takes, from raw columns (RAW_COLUMNS) whose nested values are JSON."""
     nested = ", ".join(_nested_json(n, n) for n in ("usage_details", "cost_details"))
     return f"""file_rank, line, is_object, id, trace_id, project_id, type, name, start_time, environment, user_id,
         session_id, provided_model_name, model, prompt_name, prompt_version,
         TRY_CAST(tags AS VARCHAR[]) AS tags,  -- NULL where tags is not an array
-        json_extract_string(metadata, {_metadata_paths(metadata_keys)}) AS metadata_values,  -- NULLs where not an object
+        {_metadata_values('metadata', vocabulary)} AS metadata_values,  -- NULLs where not an object
         {nested}, nullif(total_cost ->> '$', '') AS total_text"""
 
 
@@ -128,7 +186,7 @@ WITH parsed AS (
     SELECT *,
         scratch.utc_time(nullif(trim(start_time), '')) AS ts,
         list_transform(usage_details_text, lambda v: TRY_CAST(v AS DOUBLE)) AS usage_numbers,
-        list_transform(usage_details_keys, lambda k: scratch.token_kind(k)) AS usage_kinds,
+        list_transform(usage_details_keys, lambda k: scratch.usage_unit(lower(k))) AS usage_units,
         list_transform(cost_details_text, lambda v: TRY_CAST(v AS {MONEY})) AS amounts,
         TRY_CAST(total_text AS {MONEY}) AS total_amount
     FROM ({fields_sql})
@@ -160,12 +218,15 @@ SELECT file_rank, line,
     END AS reason,
     id, trace_id, project_id, type, name, ts AS start_time, nullif(trim(coalesce(provided_model_name, model)), ''),
     environment, user_id, session_id, prompt_name, TRY_CAST(prompt_version AS INTEGER), tags, metadata_values,
-    coalesce(scratch.sum_of(counts, usage_kinds, 'input'), 0),
-    coalesce(scratch.sum_of(counts, usage_kinds, 'output'), 0),
-    coalesce(scratch.sum_of(counts, usage_kinds, 'cached'), 0),
-    coalesce(scratch.sum_of(counts, usage_kinds, 'cache_write'), 0),
-    coalesce(scratch.sum_of(counts, usage_kinds, 'reasoning'), 0),
-    coalesce(scratch.sum_of(counts, usage_kinds, 'total'), scratch.sum_except(counts, usage_kinds, 'total'), 0),
+    coalesce(scratch.sum_of(counts, usage_units, 'input_tokens'), 0),
+    coalesce(scratch.sum_of(counts, usage_units, 'output_tokens'), 0),
+    coalesce(scratch.sum_of(counts, usage_units, 'cache_read_tokens'), 0),
+    coalesce(scratch.sum_of(counts, usage_units, 'cache_write_tokens'), 0),
+    coalesce(scratch.sum_of(counts, usage_units, 'output_reasoning_tokens'), 0),
+    -- the total key, else the sum of the token counts (not characters, seconds or searches)
+    coalesce(scratch.sum_of(counts, usage_units, 'total'), list_sum(list_where(counts, list_transform(usage_units,
+        lambda u: u LIKE '%tokens' OR u LIKE 'unsorted:%'))), 0),
+    CASE WHEN list_count(usage_units) > 0 THEN scratch.other_usage(counts, usage_units) END,
     -- Langfuse's own price: totalCost, else costDetails.total, else the sum of costDetails.
     coalesce(total_amount, scratch.sum_of(amounts, cost_details_keys, 'total'),
              scratch.sum_except(amounts, cost_details_keys, 'total'))
@@ -231,7 +292,7 @@ _LINES = {
 _SCALAR = r"(VARCHAR|BOOLEAN|U?(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT)|FLOAT|DOUBLE|DECIMAL\(\d+,\d+\))"
 
 
-def _parquet_sql(conn: duckdb.DuckDBPyConnection, paths: list[str], metadata_keys: list[str]) -> str:
+def _parquet_sql(conn: duckdb.DuckDBPyConnection, paths: list[str], vocabulary: Vocabulary) -> str:
     """`_validate_sql`'s columns straight from Parquet's typed columns, for every file in `paths` (`$files`)
     in one statement. Maps of scalars (Langfuse's usage, cost and metadata) are read as maps, with no
     detour through JSON; a column of another type is read as JSON (text as the JSON it holds); an absent
@@ -261,9 +322,9 @@ def _parquet_sql(conn: duckdb.DuckDBPyConnection, paths: list[str], metadata_key
             fields.append(_nested_json(name, as_json(name)))
     fields.append("tags" if types.get("tags") == "VARCHAR[]" else f"TRY_CAST({as_json('tags')} AS VARCHAR[]) AS tags")
     if types.get("metadata") == "MAP(VARCHAR, VARCHAR)":
-        fields.append("[" + ", ".join(f"map_extract_value(metadata, '{k}')" for k in metadata_keys) + "] AS metadata_values")
+        fields.append(f"{_metadata_values('metadata', vocabulary, is_map=True)} AS metadata_values")
     else:
-        fields.append(f"json_extract_string({as_json('metadata')}, {_metadata_paths(metadata_keys)}) AS metadata_values")
+        fields.append(f"{_metadata_values(as_json('metadata'), vocabulary)} AS metadata_values")
     total = types.get("total_cost", "")
     fields.append("nullif(total_cost::VARCHAR, '') AS total_text" if re.fullmatch(_SCALAR, total)
                   else f"nullif({as_json('total_cost')} ->> '$', '') AS total_text")
@@ -295,10 +356,10 @@ def start_scratch(conn: duckdb.DuckDBPyConnection, compress: bool = False) -> No
                  "(file_rank INTEGER, file VARCHAR, file_day DATE, lo TIMESTAMP, hi TIMESTAMP)")
 
 
-def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], metadata_keys: list[str]) -> list[Rejected]:
+def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], vocabulary: Vocabulary) -> list[Rejected]:
     """Load export `files` into `scratch.observations` (see module doc); return what could not be read, and why.
 
-    `metadata_values` holds the values of `metadata_keys`, in that order. Later files rank higher: they
+    `metadata_values` holds the values of the `vocabulary`'s keys, in that order. Later files rank higher: they
     win on duplicate ids. A file's rows with no readable time are filed under the day its window starts.
     """
     start_scratch(conn)
@@ -312,17 +373,17 @@ def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], 
     for rank, export_file in enumerate(files):
         by_format.setdefault(export_file.format, []).append(rank)
     for fmt, ranks in by_format.items():
-        if fmt in ("jsonl", "parquet") and _read_fast(conn, fmt, {r: files[r].path for r in ranks}, metadata_keys):
+        if fmt in ("jsonl", "parquet") and _read_fast(conn, fmt, {r: files[r].path for r in ranks}, vocabulary):
             continue
         # No fast way, or one file broke it: each file on its own, the fast way first where there is one.
-        rejected += _each_file(conn, ranks, lambda cursor, rank: _read_file(cursor, rank, files[rank], metadata_keys))
+        rejected += _each_file(conn, ranks, lambda cursor, rank: _read_file(cursor, rank, files[rank], vocabulary))
     # Rows the fast JSON reader read carry no line number: a file with any row to quarantine is read
     # again line by line, so that every quarantined row says where it is.
     to_number = [rank for (rank,) in conn.execute(
         "SELECT DISTINCT file_rank FROM scratch.observations WHERE reason IS NOT NULL AND line IS NULL").fetchall()]
     if to_number:
         conn.execute("DELETE FROM scratch.observations WHERE list_contains($ranks, file_rank)", {"ranks": to_number})
-        rejected += _each_file(conn, to_number, lambda cursor, rank: _read_lines(cursor, rank, files[rank], metadata_keys))
+        rejected += _each_file(conn, to_number, lambda cursor, rank: _read_lines(cursor, rank, files[rank], vocabulary))
     return rejected
 
 
@@ -342,7 +403,7 @@ class ApiPageLoader:
     Rows the server sent for another window are ignored: that window's own chain fetches them.
     """
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, metadata_keys: list[str], batch: int = 8):
+    def __init__(self, conn: duckdb.DuckDBPyConnection, vocabulary: Vocabulary, batch: int = 8):
         start_scratch(conn, compress=True)
         self._conn = conn
         self._batch = batch
@@ -355,7 +416,7 @@ class ApiPageLoader:
         self._ranks = itertools.count()  # fetch order: a row fetched again wins, like a later export
         self._insert = (
             "INSERT INTO scratch.observations SELECT v.* FROM "
-            f"({_validate_json(_from_text(_PAGE_ROWS, False, API_NAMES, valid_json=True), metadata_keys)}) v "
+            f"({_validate_json(_from_text(_PAGE_ROWS, False, API_NAMES, valid_json=True), vocabulary)}) v "
             "JOIN scratch.sources w USING (file_rank) "
             "WHERE v.start_time IS NULL OR (v.start_time >= w.lo AND v.start_time < w.hi)")
 
@@ -410,17 +471,17 @@ def _each_file(conn: duckdb.DuckDBPyConnection, ranks, read) -> list[Rejected]:
         return [r for rejected in pool.map(on_own_cursor, ranks) for r in rejected]
 
 
-def _read_fast(conn: duckdb.DuckDBPyConnection, fmt: str, paths: dict[int, Path], metadata_keys: list[str]) -> bool:
+def _read_fast(conn: duckdb.DuckDBPyConnection, fmt: str, paths: dict[int, Path], vocabulary: Vocabulary) -> bool:
     """The files `paths` (rank -> path; all JSONL or all Parquet) in one statement; False, having added
     nothing, if one of them cannot be read that way."""
     local = [str(path) for path in paths.values()]
     params = {"files": local, "ranks": list(paths), "unit": "line"}
     try:
         if fmt == "parquet":
-            sql = _validate_sql(_parquet_sql(conn, local, metadata_keys))
+            sql = _validate_sql(_parquet_sql(conn, local, vocabulary))
         else:
             params["files"], params["compression"] = isal_gzip.for_duckdb(local)
-            sql = _validate_json(_FAST_JSONL, metadata_keys)
+            sql = _validate_json(_FAST_JSONL, vocabulary)
         conn.execute(f"INSERT INTO scratch.observations {sql}", params)
         return True
     except duckdb.Error as exc:
@@ -429,18 +490,18 @@ def _read_fast(conn: duckdb.DuckDBPyConnection, fmt: str, paths: dict[int, Path]
         raise
 
 
-def _read_file(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, metadata_keys: list[str]) -> list[Rejected]:
+def _read_file(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, vocabulary: Vocabulary) -> list[Rejected]:
     """One file: the fast way where the format has one, else (or when it fails) line by line."""
-    if export_file.format in ("jsonl", "parquet") and _read_fast(conn, export_file.format, {rank: export_file.path}, metadata_keys):
+    if export_file.format in ("jsonl", "parquet") and _read_fast(conn, export_file.format, {rank: export_file.path}, vocabulary):
         return []
-    return _read_lines(conn, rank, export_file, metadata_keys)
+    return _read_lines(conn, rank, export_file, vocabulary)
 
 
-def _read_lines(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, metadata_keys: list[str]) -> list[Rejected]:
+def _read_lines(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, vocabulary: Vocabulary) -> list[Rejected]:
     fmt = export_file.format
     try:  # one statement: a file that fails to read adds nothing
         conn.execute("INSERT INTO scratch.observations "
-                     + _validate_json(_from_text(_LINES[fmt], decode_nested=fmt == "csv"), metadata_keys),
+                     + _validate_json(_from_text(_LINES[fmt], decode_nested=fmt == "csv"), vocabulary),
                      {"rank": rank, "file": str(export_file.path), "unit": "line"})
     except _UNREADABLE as exc:
         return [Rejected(export_file.path, None, f"unreadable {fmt} file: {_first_line(exc)}")]
@@ -450,9 +511,9 @@ def _read_lines(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportF
     return []
 
 
-def _validate_json(raw_sql: str, metadata_keys: list[str]) -> str:
+def _validate_json(raw_sql: str, vocabulary: Vocabulary) -> str:
     """Rows of scratch.observations from rows of raw columns whose nested values are JSON."""
-    return _validate_sql(f"SELECT {_json_fields(metadata_keys)} FROM ({raw_sql})")
+    return _validate_sql(f"SELECT {_json_fields(vocabulary)} FROM ({raw_sql})")
 
 
 def _first_line(exc: Exception) -> str:

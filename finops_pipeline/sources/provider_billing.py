@@ -24,6 +24,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from finops_pipeline.pricing import canonical_provider
+
 # What a line of a bill is for, in the staging table's token kinds; `other` is everything not a token
 # (web search, code execution, fine-tuning hours, ...).
 TOKEN_KINDS = ("input", "cached", "cache_write", "output", "other")
@@ -251,6 +253,7 @@ def _read_csv(path: Path, day: date, excluded: set[str]) -> list[BilledCost]:
             if not _PROVIDER_NAME.match(provider):
                 raise BillingError(f"other bill for {day}: {where}: field `provider`: {values['provider']!r} is not a "
                                    "provider name (lower-case letters, digits, _ . -)")
+            provider = canonical_provider(provider)  # as the price table names it: `bedrock` is `aws`
             if provider == "unknown":
                 raise BillingError(f"other bill for {day}: {where}: field `provider`: `unknown` stands for models mapped "
                                    "to no provider; name the provider, and map its models with FINOPS_PROVIDER_MAP")
