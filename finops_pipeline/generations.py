@@ -28,7 +28,7 @@ FIRST_CLASS_FIELDS = {
 UNALLOCATED = "unallocated"
 # An embedding: all its usage is input, whatever key it came under (often only `total`). Its type says so,
 # or its price: the price table lists an input price and no output price.
-_EMBEDDING = "(o.type = 'EMBEDDING' OR coalesce(p.input_rate IS NOT NULL AND p.output_rate IS NULL, false))"
+_EMBEDDING = "(type = 'EMBEDDING' OR coalesce(input_rate IS NOT NULL AND output_rate IS NULL, false))"
 
 
 def _allocation_sql(vocabulary: Vocabulary) -> str:
@@ -114,45 +114,56 @@ def generations_sql(vocabulary: Vocabulary) -> str:
             SELECT * FROM (SELECT * FROM valid SEMI JOIN repeated USING (id))
             QUALIFY row_number() OVER (PARTITION BY id ORDER BY file_rank DESC, langfuse_cost DESC NULLS LAST,
                                                               total_tokens DESC, line DESC NULLS LAST) = 1
+        ),
+        day_rows AS (
+            SELECT o.*, f.file AS source_file, coalesce(p.provider, 'unknown') AS provider,
+                   o.input_tokens + o.output_tokens + o.cached_tokens + o.cache_write_tokens + o.reasoning_tokens = 0
+                   AND coalesce(cardinality(o.usage_other), 0) = 0 AND o.total_tokens > 0 AS total_only,
+                   p.* EXCLUDE (model, provider)
+            FROM latest o JOIN scratch.sources f USING (file_rank) LEFT JOIN model_prices p USING (model)
+            WHERE o.start_time >= $day AND o.start_time < $day + INTERVAL 1 DAY
+        ),
+        -- What a call Langfuse did not price used, unit by unit, with the price table's rate (NULL: not priced in
+        -- that unit). A chat call whose usage is only a total cannot be split into input and output: no rate.
+        -- One pass over the day (its dedup is the costly part): CASE computes this only for the rows that need it.
+        usage AS (
+            SELECT * REPLACE (CASE WHEN total_only AND {_EMBEDDING} THEN total_tokens ELSE input_tokens END AS input_tokens),
+                CASE WHEN langfuse_cost IS NULL THEN list_filter([
+                    {{'unit': 'input_tokens', 'n': CASE WHEN total_only AND {_EMBEDDING} THEN total_tokens ELSE input_tokens END,
+                      'rate': input_rate}},
+                    {{'unit': 'cache_read_tokens', 'n': cached_tokens, 'rate': cached_rate}},
+                    {{'unit': 'cache_write_tokens', 'n': cache_write_tokens, 'rate': cache_write_rate}},
+                    {{'unit': 'output_tokens', 'n': output_tokens, 'rate': output_rate}},
+                    {{'unit': 'output_reasoning_tokens', 'n': reasoning_tokens, 'rate': reasoning_rate}},
+                    {{'unit': 'total_tokens', 'n': CASE WHEN total_only AND NOT {_EMBEDDING} THEN total_tokens ELSE 0 END,
+                      'rate': NULL::{RATE}}}]
+                    || list_transform(map_entries(coalesce(usage_other, MAP {{}}::MAP(VARCHAR, BIGINT))),
+                                      lambda e: {{'unit': e.key, 'n': e.value, 'rate': map_extract_value(unit_rates, e.key)}}),
+                    lambda x: x.n > 0) END AS used
+            FROM day_rows
+        ),
+        rated AS (
+            SELECT *, CASE WHEN langfuse_cost IS NULL THEN list_filter(used, lambda x: x.rate IS NOT NULL) END AS rated,
+                      CASE WHEN langfuse_cost IS NULL THEN list_filter(used, lambda x: x.rate IS NULL) END AS unrated
+            FROM usage
+        ),
+        priced AS (
+            SELECT * EXCLUDE (used, rated, unrated),
+                CASE WHEN langfuse_cost IS NOT NULL THEN langfuse_cost
+                     WHEN coalesce(listed, false) AND len(rated) > 0
+                     THEN (list_sum(list_transform(rated, lambda x: x.n * x.rate)) + coalesce(per_call, 0))::{MONEY}
+                END AS cost_usd,
+                CASE WHEN langfuse_cost IS NOT NULL THEN 'langfuse'
+                     WHEN NOT coalesce(listed, false) OR len(rated) = 0 THEN 'unpriced'
+                     WHEN len(unrated) > 0 THEN 'partially_priced' ELSE 'price_table' END AS cost_source,
+                CASE WHEN langfuse_cost IS NULL THEN map_from_entries(list_transform(
+                    CASE WHEN coalesce(listed, false) THEN unrated ELSE used END,
+                    lambda x: {{'key': x.unit, 'value': x.n}})) END AS unpriced_usage
+            FROM rated
         )
-        SELECT o.start_time::DATE AS day, o.id AS observation_id, o.trace_id, o.project_id, o.type, o.name,
-            o.start_time, o.model, coalesce(p.provider, 'unknown') AS provider,
-            -- an embedding's usage is all input, whatever key it came under (often only `total`)
-            CASE WHEN o.total_only AND {_EMBEDDING} THEN o.total_tokens ELSE o.input_tokens END AS input_tokens,
-            o.output_tokens, o.cached_tokens, o.cache_write_tokens, o.reasoning_tokens, o.total_tokens, o.usage_other,
-            CASE WHEN o.langfuse_cost IS NOT NULL THEN o.langfuse_cost
-                 WHEN coalesce(p.listed, false) AND len(list_filter(u.used, lambda x: x.rate IS NOT NULL)) > 0
-                 THEN (list_sum(list_transform(list_filter(u.used, lambda x: x.rate IS NOT NULL),
-                                               lambda x: x.n * x.rate)) + coalesce(p.per_call, 0))::{MONEY}
-            END AS cost_usd,
-            CASE WHEN o.langfuse_cost IS NOT NULL THEN 'langfuse'
-                 WHEN NOT coalesce(p.listed, false) OR len(list_filter(u.used, lambda x: x.rate IS NOT NULL)) = 0
-                 THEN 'unpriced'
-                 WHEN len(list_filter(u.used, lambda x: x.rate IS NULL)) > 0 THEN 'partially_priced'
-                 ELSE 'price_table' END AS cost_source,
-            CASE WHEN o.langfuse_cost IS NULL THEN map_from_entries(list_transform(
-                list_filter(u.used, lambda x: x.rate IS NULL OR NOT coalesce(p.listed, false)),
-                lambda x: {{'key': x.unit, 'value': x.n}})) END AS unpriced_usage,
-            o.environment, o.user_id, o.session_id, o.prompt_name, o.prompt_version, o.tags,
-            {_allocation_sql(vocabulary)} AS allocation,
-            f.file AS source_file
-        FROM (SELECT *, input_tokens + output_tokens + cached_tokens + cache_write_tokens + reasoning_tokens = 0
-                        AND coalesce(cardinality(usage_other), 0) = 0 AND total_tokens > 0 AS total_only
-              FROM latest) o
-        JOIN scratch.sources f USING (file_rank) LEFT JOIN model_prices p USING (model),
-        -- What the call used, unit by unit, with the price table's rate (NULL: not priced in that unit). A chat
-        -- call whose usage is only a total cannot be split into input and output: its tokens have no rate.
-        LATERAL (SELECT CASE WHEN o.langfuse_cost IS NULL THEN list_filter([
-            {{'unit': 'input_tokens', 'n': CASE WHEN o.total_only AND {_EMBEDDING} THEN o.total_tokens
-                                               ELSE o.input_tokens END, 'rate': p.input_rate}},
-            {{'unit': 'cache_read_tokens', 'n': o.cached_tokens, 'rate': p.cached_rate}},
-            {{'unit': 'cache_write_tokens', 'n': o.cache_write_tokens, 'rate': p.cache_write_rate}},
-            {{'unit': 'output_tokens', 'n': o.output_tokens, 'rate': p.output_rate}},
-            {{'unit': 'output_reasoning_tokens', 'n': o.reasoning_tokens, 'rate': p.reasoning_rate}},
-            {{'unit': 'total_tokens', 'n': CASE WHEN o.total_only AND NOT {_EMBEDDING} THEN o.total_tokens ELSE 0 END,
-              'rate': NULL::{RATE}}}]
-            || list_transform(map_entries(coalesce(o.usage_other, MAP {{}}::MAP(VARCHAR, BIGINT))),
-                              lambda e: {{'unit': e.key, 'n': e.value, 'rate': map_extract_value(p.unit_rates, e.key)}}),
-            lambda x: x.n > 0) END AS used) u
-        WHERE o.start_time >= $day AND o.start_time < $day + INTERVAL 1 DAY
+        SELECT start_time::DATE AS day, id AS observation_id, trace_id, project_id, type, name, start_time, model,
+            provider, input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, total_tokens,
+            usage_other, cost_usd, cost_source, unpriced_usage, environment, user_id, session_id, prompt_name,
+            prompt_version, tags, {_allocation_sql(vocabulary)} AS allocation, source_file
+        FROM priced o
     """
