@@ -51,6 +51,16 @@ def finout_rows(settings, day: date) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def materialize_from_the_command_line(home: Path, day: date, select: str, env: dict) -> FinopsSettings:
+    """`dagster asset materialize` as a user types it, in a process of its own with `env` over this one's."""
+    run = subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
+                          "finops_pipeline.definitions", "--select", select, "--partition", str(day)],
+                         cwd=REPO, env={**os.environ, "FINOPS_HOME": str(home), **env}, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return FinopsSettings.from_env({"FINOPS_HOME": str(home)})
+
+
 def test_c02_gemini_thinking_tokens_are_priced_at_the_output_rate(settings):
     result = run_case(settings, "C02-gemini-thoughts", JUNE)
     assert result.success
@@ -92,19 +102,14 @@ def test_c07_claude_on_bedrock_through_an_inference_profile(settings, provider_m
 
 def test_c07_as_the_cases_readme_runs_it_from_the_command_line(tmp_path):
     """The case's own command: the CLI, the map in the environment, a Dagster instance of its own."""
-    home = tmp_path / "finops"
     (tmp_path / "dagster").mkdir()
     (tmp_path / "dagster" / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    env = {**os.environ, "FINOPS_HOME": str(home), "DAGSTER_HOME": str(tmp_path / "dagster"),
-           "FINOPS_LANGFUSE_EXPORT_DIR": str(CASES / "C07-bedrock-profile/input/export"),
-           "FINOPS_BILLING_DIR": str(CASES / "C07-bedrock-profile/input/billing"),
-           "FINOPS_PROVIDER_MAP": "anthropic.claude-*=bedrock"}
-    env.pop("FINOPS_START_DATE")  # the first partition is the export's first day
-    run = subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
-                          "finops_pipeline.definitions", "--select", "*", "--partition", str(JULY)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    settings = FinopsSettings.from_env({"FINOPS_HOME": str(home)})
+    settings = materialize_from_the_command_line(tmp_path / "finops", JULY, "*", {
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "FINOPS_LANGFUSE_EXPORT_DIR": str(CASES / "C07-bedrock-profile/input/export"),
+        "FINOPS_BILLING_DIR": str(CASES / "C07-bedrock-profile/input/billing"),
+        "FINOPS_PROVIDER_MAP": "anthropic.claude-*=bedrock",
+        "FINOPS_START_DATE": ""})  # the first partition is the export's first day
     assert query(settings, "SELECT provider, traced_usd, billed_usd FROM cost_reconciliation WHERE depth = 'provider'") == [
         ("aws", Decimal("0.045"), Decimal("0.045"))]
 
@@ -128,16 +133,10 @@ def test_the_hosts_time_zone_never_changes_what_the_api_path_stages(tmp_path, zo
     rows = [api_row(f"tz{n}", f"2025-06-10T{t}Z", cost=cost)
             for n, (t, cost) in enumerate([("00:30:00.000", 0.01), ("12:00:00.000", 0.02), ("23:30:00.000", 0.03)])]
     rows += [api_row("before", "2025-06-09T23:59:59.999Z"), api_row("after", "2025-06-11T00:00:00.000Z")]
-    home = tmp_path / "finops"
     with LangfuseDouble(rows) as double:
-        env = {**os.environ, "TZ": zone, "FINOPS_HOME": str(home), "DAGSTER_HOME": "",
-               "LANGFUSE_BASE_URL": double.url, "LANGFUSE_PUBLIC_KEY": double.public_key,
-               "LANGFUSE_SECRET_KEY": double.secret_key, "FINOPS_LANGFUSE_REQUESTS_PER_MINUTE": "0"}
-        run = subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
-                              "finops_pipeline.definitions", "--select", "langfuse_generations", "--partition", str(JUNE)],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    settings = FinopsSettings.from_env({"FINOPS_HOME": str(home)})
+        settings = materialize_from_the_command_line(tmp_path / "finops", JUNE, "langfuse_generations", {
+            "TZ": zone, "DAGSTER_HOME": "", "LANGFUSE_BASE_URL": double.url, "LANGFUSE_PUBLIC_KEY": double.public_key,
+            "LANGFUSE_SECRET_KEY": double.secret_key, "FINOPS_LANGFUSE_REQUESTS_PER_MINUTE": "0"})
     assert query(settings, "SELECT count(*), sum(cost_usd), min(start_time), max(start_time) FROM langfuse_generations") == [
         (3, Decimal("0.06"), datetime(2025, 6, 10, 0, 30), datetime(2025, 6, 10, 23, 30))]
 
