@@ -19,6 +19,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from finops_pipeline.money import usd
 from finops_pipeline.sources.langfuse_api import COST_TYPES, ServerTotals
 from finops_pipeline.sources.langfuse_export import Coverage, ExportFile
 from finops_pipeline.sources.observation_rows import Rejected
@@ -77,8 +78,9 @@ def export_completeness(conn: duckdb.DuckDBPyConnection, files: list[ExportFile]
     else:
         description = (f"{len(files)} export files read whole, {total:,} rows"
                        + (f"; {counted} of them hold exactly the rows their manifest counts" if counted else "")
-                       + (f"; {len(files) - counted} carry no rowCount (Parquet, or an export without manifests): "
-                          "for those, only their windows' coverage of the day is proved" if counted < len(files) else "")
+                       + (f"; {len(files) - counted} have no rowCount in a manifest (Parquet, whose writer cannot count, "
+                          "an older manifest, or no manifest): for those, only their windows' coverage of the day is "
+                          "proved" if counted < len(files) else "")
                        + ".")
     shown = [t for t in table if t["problem"]] or table
     return dg.AssetCheckResult(
@@ -110,7 +112,7 @@ def api_completeness(conn: duckdb.DuckDBPyConnection, day: date, server: ServerT
                 metadata={"extracted_observations": 0, "extracted_cost_usd": 0.0})
         return dg.AssetCheckResult(
             check_name=COMPLETENESS_CHECK, passed=False, severity=dg.AssetCheckSeverity.WARN,
-            description=f"Could not verify {count:,} observations / ${cost:,.2f}: Langfuse's totals for the day are "
+            description=f"Could not verify {count:,} observations / ${usd(cost)}: Langfuse's totals for the day are "
                         f"unavailable ({unavailable})",
             metadata={"extracted_observations": count, "extracted_cost_usd": float(cost)},
         )
@@ -121,8 +123,8 @@ def api_completeness(conn: duckdb.DuckDBPyConnection, day: date, server: ServerT
     count_gap, cost_gap = gap_pct(count, server.observations), gap_pct(cost, server.total_cost)
     passed = count_gap <= tolerance and cost_gap <= tolerance
     description = (
-        f"Extracted {count:,} observations / ${cost:,.2f}; Langfuse counts {server.observations:,} / "
-        f"${server.total_cost:,.2f} (gaps {count_gap:.2f}% and {cost_gap:.2f}%, "
+        f"Extracted {count:,} observations / ${usd(cost)}; Langfuse counts {server.observations:,} / "
+        f"${usd(server.total_cost)} (gaps {count_gap:.2f}% and {cost_gap:.2f}%, "
         f"{'within' if passed else 'above'} the {tolerance:g}% tolerance)"
     )
     if not passed:

@@ -14,13 +14,14 @@ import dagster as dg
 from finops_pipeline.sources.langfuse_export import first_export_day
 
 def _start_date() -> str:
-    """FINOPS_START_DATE, else the first day of the local Langfuse export (so the UI's partition bars and
-    metadata plots start at the data, not a week squeezed into two years), else 2025-01-01."""
+    """FINOPS_START_DATE, else the 1st of the month that holds the day before the local Langfuse export's
+    first day (so the UI's partition bars and metadata plots start near the data, not a week squeezed into
+    two years, and the days just before the export are partitions that fail saying why), else 2025-01-01."""
     if os.environ.get("FINOPS_START_DATE"):
         return os.environ["FINOPS_START_DATE"]
     home = Path(os.environ.get("FINOPS_HOME") or ".finops")
     first = first_export_day(Path(os.environ.get("FINOPS_LANGFUSE_EXPORT_DIR") or home / "langfuse-export"))
-    return first.isoformat() if first else "2025-01-01"
+    return (first - timedelta(days=1)).replace(day=1).isoformat() if first else "2025-01-01"
 
 
 START_DATE = _start_date()

@@ -132,10 +132,17 @@ def provider_of(model: str | None, provider_map: Mapping[str, str] | None = None
 
 def rates(model: str | None, day: date, provider: str, units: frozenset[str] = frozenset()) -> Rates | None:
     """The rates of `model` as `provider` prices it on `day`: the main token units and `units`. None when the
-    price table does not list the model under that provider (or knows no such provider)."""
+    price table does not list the model under that provider (or knows no such provider). A name the table
+    does not list as written is looked up as `model_key` reads it (`claude-sonnet-4-latest` as
+    `claude-sonnet-4`, Azure's `gpt-35-turbo-0125` as `gpt-3.5-turbo-0125`)."""
     if not model or provider not in _provider_ids():
         return None
-    return _rates(_serving_name(model), provider, day, frozenset(MAIN_UNITS.values()) | units)
+    wanted = frozenset(MAIN_UNITS.values()) | units
+    for name in dict.fromkeys([_serving_name(model), model_key(model)]):
+        found = _rates(name, provider, day, wanted)
+        if found is not None:
+            return found
+    return None
 
 
 def list_rates(model: str | None, day: date) -> Rates | None:
@@ -155,13 +162,20 @@ def _rates(model: str, provider: str, day: date, units: frozenset[str]) -> Rates
         per_call = price()  # a request's own fee (usually 0): taken out of every probe
     except LookupError:
         return None
+    listed = get_snapshot().find_provider_model(model, None, provider, None)[1].get_prices(when)
     found: dict[str, Decimal | None] = {}
     for unit in sorted(units):
         try:
             probe = (price(**{u: _PROBE for u in _with_parents(unit)}) - per_call) / _PROBE
         except (LookupError, ValueError):  # a unit this model's usage cannot have
             probe = Decimal(0)
-        found[unit] = probe if probe > 0 else None  # $0 from a probe is not a price
+        # $0 from a probe is not a price. Nor is text's price for audio, image or video tokens: providers
+        # charge those several times more, so a model the table gives no such price leaves them unpriced.
+        own_price_needed = unit_data[unit]["dimensions"].get("modality", "text") != "text"
+        if probe <= 0 or (own_price_needed and getattr(listed, unit_data[unit]["price_key"], None) is None):
+            found[unit] = None
+        else:
+            found[unit] = probe
     return Rates(provider, found, per_call)
 
 

@@ -85,10 +85,11 @@ def test_the_first_partition_is_where_the_data_starts_unless_set(tmp_path):
     export = home / "langfuse-export"
     write_export_file(export, datetime(2026, 11, 21, 0), datetime(2026, 11, 21, 1), [])
     write_export_file(export, datetime(2026, 11, 21, 1), datetime(2026, 11, 21, 2), [])
-    assert first_partition({"FINOPS_HOME": str(home), "FINOPS_START_DATE": None}) == "2026-11-21"
+    # the 1st of the month of the day before the export begins: the days just before it fail saying why
+    assert first_partition({"FINOPS_HOME": str(home), "FINOPS_START_DATE": None}) == "2026-11-01"
     assert first_partition({"FINOPS_HOME": str(home), "FINOPS_START_DATE": "2026-01-01"}) == "2026-01-01"
     # an export without manifests (Langfuse before v3.213): the day of its oldest file's name
     other = tmp_path / "old-export"
-    write_export_file(other, datetime(2025, 6, 9, 12), datetime(2025, 6, 10, 12), [], manifest=False)
+    write_export_file(other, datetime(2025, 5, 31, 12), datetime(2025, 6, 1, 12), [], manifest=False)
     assert first_partition({"FINOPS_HOME": str(home), "FINOPS_LANGFUSE_EXPORT_DIR": str(other),
-                            "FINOPS_START_DATE": None}) == "2025-06-10"
+                            "FINOPS_START_DATE": None}) == "2025-05-01"

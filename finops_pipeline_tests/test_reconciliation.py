@@ -18,6 +18,7 @@ from finops_pipeline_tests.conftest import (
     materialize_day,
     query,
     usd,
+    write_anthropic_bill,
     write_openai_bill,
 )
 
@@ -69,7 +70,7 @@ def test_each_depth_shows_where_the_gap_comes_from(settings, settled):
 
     evaluation = check_evaluation(result, GAP_CHECK)
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
-    assert evaluation.description.startswith("openai: billed $41.53 vs traced $0.04, gap +41.50 USD (+99.9%) ERROR")
+    assert evaluation.description.startswith("openai: billed $41.54 vs traced $0.04, gap +41.50 USD (+99.9%) ERROR")  # cents half up
     assert ("Largest gaps: openai gpt-4.1-nano: +41.00 USD (billed, not traced); "
             "openai gpt-4o cached: +0.50 USD (billed, not traced).") in evaluation.description
     tables = {k: v.value for k, v in evaluation.metadata.items() if k.startswith("by_")}
@@ -136,3 +137,12 @@ def test_traced_kinds_sum_to_the_model(settings, settled):
         SELECT (SELECT sum(traced_usd) FROM cost_reconciliation WHERE depth = 'token_kind' AND model = 'gpt-4o'),
                (SELECT traced_usd FROM cost_reconciliation WHERE depth = 'model' AND model = 'gpt-4o')""")
     assert kinds == model == Decimal("0.035")
+
+
+def test_a_sub_cent_day_says_what_it_compared(settings, settled):
+    cover_day(settings, {9: [generation("tiny", "2026-11-21 09:00:00", cost=0.0003)]})
+    write_openai_bill(Path(settings.billing_dir), DAY, {"gpt-4o-2024-08-06, input": 0.0008})
+    write_anthropic_bill(Path(settings.billing_dir), DAY, {})
+    gap = check_evaluation(materialize_day(settings), "billed_vs_traced_gap")
+    assert gap.description.startswith("openai: billed $0.0008 vs traced $0.0003, gap +0.0005 USD (+62.5%) ERROR")
+    assert "Largest gaps: openai gpt-4o" in gap.description

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 
 from finops_pipeline import pricing
+from finops_pipeline.money import usd
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.sources.langfuse_export import list_export_files
 from finops_pipeline.sources.provider_billing import (
@@ -235,3 +236,13 @@ def test_duckdb_memory_limit_reaches_the_warehouse_connection(tmp_path):
     assert FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_DUCKDB_MEMORY_LIMIT": "80%"})
     with pytest.raises(ValueError, match="duckdb_memory_limit"):
         FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path), "FINOPS_DUCKDB_MEMORY_LIMIT": "lots"})
+
+
+@pytest.mark.parametrize(("amount", "text"), [
+    (0, "0.00"), (Decimal("0.045"), "0.05"), (Decimal("41.535"), "41.54"), (1234.5, "1,234.50"),
+    (Decimal("0.0008"), "0.0008"), (Decimal("0.00105"), "0.0011"), (Decimal("-0.0004"), "-0.0004"),
+])
+def test_an_amount_in_a_message_is_never_a_misleading_zero(amount, text):
+    """Cents half up; under a cent, its first significant digits: a day of $0.0008 does not read $0.00."""
+    assert usd(amount) == text
+

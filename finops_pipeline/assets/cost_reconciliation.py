@@ -8,6 +8,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.generations import register_model_prices
+from finops_pipeline.money import usd
 from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
 from finops_pipeline.reconciliation import (
     PREPARE_SQL,
@@ -108,9 +109,9 @@ def match_check(table: pd.DataFrame, settings: FinopsSettings, final: bool, basi
         if len(strays) and share > settings.unmatched_bill_pct:
             worst = max(worst, share)
             findings.append(
-                f"{provider}: ${orphans.billed_usd.astype(float).sum():,.2f} ({share:.1f}% of the bill) is billed for "
+                f"{provider}: ${usd(orphans.billed_usd.astype(float).sum())} ({share:.1f}% of the bill) is billed for "
                 + ", ".join(f"`{m}`" for m in orphans.model) + " that no trace names, while traced "
-                + ", ".join(f"`{r.model}` (${float(r.traced_usd):,.2f})" for r in strays.itertuples())
+                + ", ".join(f"`{r.model}` (${usd(r.traced_usd)})" for r in strays.itertuples())
                 + " found no bill line")
     error = basis == "invoice" and final
     if findings:
@@ -137,7 +138,7 @@ def gap_check(table: pd.DataFrame, settings: FinopsSettings, final: bool, settle
     status = "" if final else f"Provisional until {settled_at:%Y-%m-%d %H:%M} UTC (bills still settle; ERROR only after): "
     if failing:
         description = status + "; ".join(
-            f"{v.provider}: billed ${v.billed:,.2f} vs traced ${v.traced:,.2f}, gap {v.gap:+,.2f} USD "
+            f"{v.provider}: billed ${usd(v.billed)} vs traced ${usd(v.traced)}, gap {usd(v.gap, signed=True)} USD "
             f"({_pct(v.gap_pct)}) {v.level}" for v in failing
         ) + f" (warn > {settings.reconciliation_warn_pct:g}%, error > {settings.reconciliation_error_pct:g}%)."
         explained = _largest_gaps(table, {v.provider for v in failing})
@@ -177,13 +178,13 @@ def _largest_gaps(table: pd.DataFrame, providers: set[str], n: int = 3) -> list[
     unsplit = pd.Series([(p, m) not in split for p, m in zip(table.provider, table.model)], index=table.index)
     models = table[(table.depth == "model") & unsplit]
     rows = pd.concat([kinds, models])
-    rows = rows[rows.provider.isin(providers) & (rows.gap_usd.astype(float).abs() >= 0.005)]
+    rows = rows[rows.provider.isin(providers) & (rows.gap_usd.astype(float).abs() > 1e-9)]
     rows = rows.iloc[rows.gap_usd.astype(float).abs().argsort()[::-1]]
     explained = []
     for r in rows.itertuples():
         if len(explained) == n:
             break
-        explained.append(f"{label(r)}: {float(r.gap_usd):+,.2f} USD ({reading(float(r.traced_usd), float(r.billed_usd))})")
+        explained.append(f"{label(r)}: {usd(r.gap_usd, signed=True)} USD ({reading(float(r.traced_usd), float(r.billed_usd))})")
     return explained
 
 

@@ -17,6 +17,7 @@ from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.completeness import COMPLETENESS_CHECK, api_completeness, export_completeness, uncovered_day_message
 from finops_pipeline.generations import UNALLOCATED, generations_sql, prepare_day
+from finops_pipeline.money import usd
 from finops_pipeline.partitions import daily_check, daily_partitions, day_bounds, partition_day
 from finops_pipeline.resources import LangfuseApiResource
 from finops_pipeline.settings import FinopsSettings
@@ -216,7 +217,7 @@ def unallocated_check(stats: dict, settings: FinopsSettings) -> dg.AssetCheckRes
         passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
         description=(
-            f"{worst:.1f}% of ${total:,.2f} has no `{worst_key}` "
+            f"{worst:.1f}% of ${usd(total)} has no `{worst_key}` "
             f"({'within' if passed else 'above'} the {settings.unallocated_warn_share_pct:g}% threshold)"
         ),
         metadata={
@@ -254,7 +255,7 @@ def unpriced_check(stats: dict, settings: FinopsSettings) -> dg.AssetCheckResult
         severity=dg.AssetCheckSeverity.WARN,
         description=(
             f"{unpriced} generations ({stats['unpriced_tokens']:,} tokens) have no price and {partial} are priced "
-            f"only in part (${stats['cost_partially_priced']:,.2f} priced)" + (f": {named}" if count else "")
+            f"only in part (${usd(stats['cost_partially_priced'])} priced)" + (f": {named}" if count else "")
             + ("" if passed else f"; above the threshold of {settings.unpriced_warn_count}. Add a price in Langfuse, "
                "or map the model to the provider that serves it (FINOPS_PROVIDER_MAP): what has no price is not in "
                "the totals.")
