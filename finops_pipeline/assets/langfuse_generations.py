@@ -48,7 +48,7 @@ UNPRICED_CHECK = "unpriced_generations"
         daily_check(UNALLOCATED_CHECK, ASSET,
                     description="Share of the day's cost with an allocation key left `unallocated`."),
         daily_check(UNPRICED_CHECK, ASSET,
-                    description="Generations neither Langfuse nor the price table could price."),
+                    description="Generations neither Langfuse nor the price table could price, wholly or in part."),
         daily_check(COMPLETENESS_CHECK, ASSET, blocking=True,
                     description="The day was extracted whole: from the export, every file read as its manifest "
                                 "counts it; from the API, the day's count and cost match Langfuse's own totals "
