@@ -197,10 +197,32 @@ def bench_api(n: int, profile: bool) -> dict:
             "floor": None, "loop": None, "loop_mb": None}
 
 
+def bench_s3(n: int, data: Path, profile: bool) -> dict:
+    """The JSONL day read in place from a bucket: moto's S3 server on loopback, in its own process."""
+    folder = export_dir(data, n, "jsonl")
+    print(f"{n:>10,} jsonl-s3 (uploading the day to moto's S3) ...", end=" ", flush=True)
+    server = subprocess.Popen([sys.executable, str(BENCH / "s3_day.py"), str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    endpoint = server.stdout.readline().strip()
+    if not endpoint:
+        raise SystemExit("moto's S3 server did not start")
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        extra = ["--profile"] if profile else []
+        pipeline, pipeline_mb = in_child(__file__, "_pipeline", "s3://bench/export", *extra, env=env)
+    finally:
+        server.stdin.close()
+        server.wait(timeout=60)
+    print(f"pipeline {pipeline['total']:.1f} s", flush=True)
+    return {"n": n, "format": "jsonl-s3", "pipeline": pipeline, "pipeline_mb": pipeline_mb}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1M", help="generations a day, comma-separated: 0.25M, 0.5M, 1M, 2M, 10M")
-    parser.add_argument("--formats", default="jsonl,parquet,api", help="jsonl, parquet (export files), api (the API double)")
+    parser.add_argument("--formats", default="jsonl,parquet,api",
+                        help="jsonl, parquet (export files), jsonl-s3 (the JSONL day in moto's S3), api (the API double)")
     parser.add_argument("--data", type=Path, default=BENCH / "data", help="where generated exports are kept")
     parser.add_argument("--no-loop", action="store_true", help="skip the per-row loop (slow at large sizes)")
     parser.add_argument("--profile", action="store_true", help="print a pyinstrument profile of each pipeline run")
@@ -214,6 +236,9 @@ def main() -> int:
             if fmt == "api":
                 results.append(bench_api(n, args.profile))
                 continue
+            if fmt == "jsonl-s3":
+                results.append(bench_s3(n, args.data, args.profile))
+                continue
             export = str(export_dir(args.data, n, fmt))
             print(f"{n:>10,} {fmt:8s}", end=" ", flush=True)
             extra = ["--profile"] if args.profile else []
@@ -226,8 +251,17 @@ def main() -> int:
                             "floor": floor["total"], "isal_floor": isal_floor, "loop": loop["total"], "loop_mb": loop_mb})
             print(f"pipeline {pipeline['total']:.1f} s", flush=True)
 
-    if any(r["format"] != "api" for r in results):
-        print_file_table([r for r in results if r["format"] != "api"])
+    if any(r["format"] in ("jsonl", "parquet") for r in results):
+        print_file_table([r for r in results if r["format"] in ("jsonl", "parquet")])
+    s3_runs = [r for r in results if r["format"] == "jsonl-s3"]
+    if s3_runs:
+        print("\n| generations | read from | staging s | pipeline total s | pipeline CPU s | peak MB |")
+        print("|---:|---|---:|---:|---:|---:|")
+        for r in [r for r in results if r["format"] == "jsonl"] + s3_runs:
+            p = r["pipeline"]
+            where = "moto S3 (loopback)" if r["format"] == "jsonl-s3" else "local disk"
+            print(f"| {r['n']:,} | {where} | {p['langfuse_generations']:.2f} | {p['total']:.2f} "
+                  f"| {p['cpu_seconds']:.1f} | {r['pipeline_mb']:.0f} |")
     api_runs = [r for r in results if r["format"] == "api"]
     if api_runs:
         print("\n| generations served | requests | API fetch s | generations/s | staging s | pipeline total s "

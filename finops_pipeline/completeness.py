@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -32,7 +31,7 @@ def _instant(moment: datetime | None) -> str:
     return "the beginning" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def uncovered_day_message(export_dir: Path, day: date, gaps: list[Coverage]) -> str:
+def uncovered_day_message(export_dir: str, day: date, gaps: list[Coverage]) -> str:
     """Why `day` cannot be read from the export: no files at all, or the holes its windows leave."""
     if not gaps:
         return (f"The Langfuse export in {export_dir} has no observation files yet: {day} is not covered. "
@@ -64,7 +63,7 @@ def export_completeness(conn: duckdb.DuckDBPyConnection, files: list[ExportFile]
         rows, expected = read.get(rank, 0), f.row_count
         problem = unreadable.get(rank) or ("" if expected is None or expected == rows
                                            else f"{rows - expected:+,} rows against its manifest")
-        table.append({"file": str(f.path.relative_to(f.path.parents[2])), "rows read": rows,
+        table.append({"file": f.short, "rows read": rows,
                       "manifest rowCount": expected, "problem": problem})
         if problem:
             bad.append(f"{table[-1]['file']}: read {rows:,} rows"

@@ -19,8 +19,8 @@ def _start_date() -> str:
     two years, and the days just before the export are partitions that fail saying why), else 2025-01-01."""
     if os.environ.get("FINOPS_START_DATE"):
         return os.environ["FINOPS_START_DATE"]
-    home = Path(os.environ.get("FINOPS_HOME") or ".finops")
-    first = first_export_day(Path(os.environ.get("FINOPS_LANGFUSE_EXPORT_DIR") or home / "langfuse-export"))
+    home = Path(os.environ.get("FINOPS_HOME") or ".finops").resolve()
+    first = first_export_day(os.environ.get("FINOPS_LANGFUSE_EXPORT_DIR") or str(home / "langfuse-export"))
     return (first - timedelta(days=1)).replace(day=1).isoformat() if first else "2025-01-01"
 
 

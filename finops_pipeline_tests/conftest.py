@@ -8,10 +8,13 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import boto3
 import dagster as dg
 import duckdb
+import httpx
 import pytest
 import time_machine
+from moto.server import ThreadedMotoServer
 
 # The tests' days are in 2026; the first partition must not follow whatever export a developer's own
 # data directory holds (by default it is the first day of the local export: test_definitions.py).
@@ -22,6 +25,7 @@ from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline.settings import FinopsSettings
 
 DAY = date(2026, 11, 21)
+BUCKET = "finout-drop"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -44,6 +48,26 @@ def instance(tmp_path: Path):
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         yield instance
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """moto's S3 server on loopback, reached the standard AWS way (environment credentials, AWS_ENDPOINT_URL)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_MAX_ATTEMPTS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    httpx.post(f"{endpoint}/moto-api/reset")  # moto keeps its state per process, across servers
+    client = boto3.session.Session().client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    client.endpoint = endpoint
+    yield client
+    server.stop()
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ import boto3
 import dagster as dg
 import pytest
 import httpx
-from moto.server import ThreadedMotoServer
 
 from finops_pipeline.destinations.focus import CUSTOM_COLUMNS, FOCUS_COLUMNS
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline_tests.conftest import (
+    BUCKET,
     DAY,
     check_evaluation,
     failed_on_checks,
@@ -32,7 +32,6 @@ from finops_pipeline_tests.conftest import (
     write_openai_bill,
 )
 
-BUCKET = "finout-drop"
 KEY = "llm/llm-costs-2026-11-21.csv"
 
 
@@ -55,26 +54,6 @@ def read_csv(path: Path) -> list[dict]:
 
 
 # --- a real S3 API ------------------------------------------------------------------------------------
-@pytest.fixture
-def s3(monkeypatch):
-    """moto's S3 server on loopback, reached the standard AWS way (environment credentials, AWS_ENDPOINT_URL)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_MAX_ATTEMPTS": "2"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    httpx.post(f"{endpoint}/moto-api/reset")  # moto keeps its state per process, across servers
-    client = boto3.session.Session().client("s3")
-    client.create_bucket(Bucket=BUCKET)
-    client.endpoint = endpoint
-    yield client
-    server.stop()
-
-
 def object_text(client, key: str = KEY) -> str:
     return client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
 

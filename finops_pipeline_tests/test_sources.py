@@ -129,10 +129,10 @@ def test_manifest_windows_and_unlisted_files(tmp_path):
                                                       "maxTimestamp": "2026-11-21T01:00:00.000Z"},
         "files": [{"key": "prefix/proj/observations_v2/2026-11-21T01-00-00.jsonl.gz", "table": "observations_v2"}]}))
     (project / "manifests" / "2026-11-21T02-00-00.json").write_text("{not json")
-    listing = list_export_files(tmp_path)
+    listing = list_export_files(str(tmp_path))
     [listed] = listing.files
     assert listed.format == "jsonl" and listed.window_start == datetime(2026, 11, 21, tzinfo=timezone.utc)
-    assert listing.unlisted == [project / "observations_v2" / "2026-11-21T02-00-00.parquet"]
+    assert listing.unlisted == [str(project / "observations_v2" / "2026-11-21T02-00-00.parquet")]
     assert len(listing.unreadable_manifests) == 1
 
 

@@ -4,12 +4,11 @@ Read from the Langfuse API v2 when keys are set (resources.py), else from the bl
 `scratch.observations` and go through the same validation, dedup, pricing, allocation and quarantine.
 """
 
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
-from pathlib import Path
-
 import dagster as dg
 import duckdb
 import pandas as pd
@@ -23,6 +22,7 @@ from finops_pipeline.resources import LangfuseApiResource
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.sources.langfuse_api import LangfuseApiError
 from finops_pipeline.sources.langfuse_export import coverage, list_export_files
+from finops_pipeline.sources.object_storage import ExportLocationError, fetch, locate
 from finops_pipeline.sources.observation_rows import ApiPageLoader, Rejected, read_observations
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
@@ -109,8 +109,11 @@ class Extraction:
 
 def _extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: FinopsSettings, day: date) -> Extraction:
     start, end = day_bounds(day)
-    export_dir = Path(settings.langfuse_export_dir)
-    listing = list_export_files(export_dir)
+    export_dir = settings.langfuse_export_dir
+    try:
+        listing = list_export_files(export_dir)
+    except ExportLocationError as exc:
+        raise dg.Failure(str(exc)) from None
     gaps = [c for c in coverage(listing.files, start, end) if c.holes]
     if gaps or not listing.files:
         raise dg.Failure(uncovered_day_message(export_dir, day, gaps))
@@ -119,7 +122,15 @@ def _extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: Fin
         context.log.warning(f"Skipped {path}: no manifest lists it yet (Langfuse may still be writing it).")
     for path, why in listing.unreadable_manifests:
         context.log.warning(f"Skipped manifest {path}: {why}")
-    rejected = read_observations(conn, files, settings.vocabulary)
+    location = locate(export_dir)
+    # A bucket's objects for the day are copied next to the warehouse and read there (object_storage.py)
+    with tempfile.TemporaryDirectory(prefix="export-", dir=settings.home) as folder:
+        try:
+            copies = fetch(location, [f.path for f in files], folder)
+        except ExportLocationError as exc:
+            raise dg.Failure(str(exc)) from None
+        files = [replace(f, local=copies[f.path]) if location.remote else f for f in files]
+        rejected = read_observations(conn, files, settings.vocabulary)
     return Extraction(rejected, {"source": f"blob export {export_dir}", "files_read": len(files),
                                  "files_skipped_unlisted": len(listing.unlisted)},
                       lambda conn, day: export_completeness(conn, files, rejected))

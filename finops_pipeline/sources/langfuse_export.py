@@ -10,17 +10,22 @@ last rows sit in a file named after the next day's first minutes.
 Where a project has manifests, only files listed in one are read (an unlisted file may still be being
 written) and the window comes from the manifest. Older exports have no manifests: a file's window is
 then the span from the previous file's name to its own.
-Reading the rows is sources/observation_rows.py.
+
+The export is a local folder or a bucket (sources/object_storage.py): one listing of everything below its
+root, then one read per manifest. A file is named by its URL (`s3://bucket/key`) or local path, as DuckDB
+reads it. Reading the rows is sources/export_files.py.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from finops_pipeline.sources.object_storage import ExportLocationError, Location, locate
 
 TABLE_DIRS = ("observations_v2", "observations")
 _NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})\.(jsonl\.gz|jsonl|csv\.gz|csv|json\.gz|json|parquet)$")
@@ -53,16 +58,31 @@ class ExportManifest(BaseModel):
 
 @dataclass(frozen=True)
 class ExportFile:
-    path: Path
+    path: str  # its URL (s3://bucket/key) or local path, as DuckDB reads it
     format: str  # jsonl | csv | json | parquet
     window_start: datetime | None  # None: from the beginning (the first file of a manifest-less export)
     window_end: datetime
     row_count: int | None = None  # rows its manifest says it holds; None: not stated
+    local: str | None = None  # where a copy of a bucket's object was fetched to (object_storage.fetch)
 
     @property
-    def export(self) -> Path:
+    def readable(self) -> str:
+        """The path DuckDB reads: the local copy of a bucket's object, else the file itself."""
+        return self.local or self.path
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def export(self) -> str:
         """The folder of the export this file belongs to (`{projectId}/{table}`): windows follow each other in it."""
-        return self.path.parent
+        return posixpath.dirname(self.path)
+
+    @property
+    def short(self) -> str:
+        """`{projectId}/{table}/{name}`: enough to find it in a message."""
+        return "/".join(self.path.rsplit("/", 3)[-3:])
 
     def overlaps(self, start: datetime, end: datetime) -> bool:
         """Does the inclusive window [window_start, window_end] meet the half-open day [start, end)?"""
@@ -73,7 +93,7 @@ class ExportFile:
 class Coverage:
     """What one export's windows say about a day: the span they cover, and the parts of the day they miss."""
 
-    export: Path
+    export: str
     first: datetime | None  # None: from the beginning (a first file with no manifest)
     last: datetime
     holes: list[tuple[datetime, datetime]]
@@ -84,7 +104,7 @@ def coverage(files: list[ExportFile], start: datetime, end: datetime) -> list[Co
     Windows include both bounds (Langfuse selects `start_time >= min AND <= max`), so a window that starts
     where the previous one ends leaves no hole. A first file without a manifest covers everything before
     it: Langfuse's first run exports from the oldest row on."""
-    by_export: dict[Path, list[ExportFile]] = {}
+    by_export: dict[str, list[ExportFile]] = {}
     for f in files:
         by_export.setdefault(f.export, []).append(f)
     result = []
@@ -107,62 +127,83 @@ def coverage(files: list[ExportFile], start: datetime, end: datetime) -> list[Co
 @dataclass
 class ExportListing:
     files: list[ExportFile]  # ordered oldest export first: later files win on duplicate ids
-    unlisted: list[Path]  # files no manifest names yet (still being written?): skipped
-    unreadable_manifests: list[tuple[Path, str]]
+    unlisted: list[str]  # files no manifest names yet (still being written?): skipped
+    unreadable_manifests: list[tuple[str, str]]
 
 
 def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
 
 
-def _name_time(path: Path) -> datetime | None:
-    m = _NAME.match(path.name)
+def _name_time(path: str) -> datetime | None:
+    m = _NAME.match(posixpath.basename(path))
     return datetime.strptime(m.group(1), "%Y-%m-%dT%H-%M-%S").replace(tzinfo=timezone.utc) if m else None
 
 
-def _format(path: Path) -> str:
-    name = path.name.removesuffix(".gz")
-    return name.rsplit(".", 1)[-1]
+def _format(path: str) -> str:
+    return posixpath.basename(path).removesuffix(".gz").rsplit(".", 1)[-1]
 
 
-def list_export_files(export_dir: Path) -> ExportListing:
-    """Every observation file of every project under `export_dir`, with its export window."""
-    if not export_dir.is_dir():
+def _tables(location: Location) -> dict[str, dict[str, list[str]]]:
+    """project folder -> {table folder name or "manifests": the files in it}, from one listing of the root."""
+    projects: dict[str, dict[str, list[str]]] = {}
+    for path in sorted(location.fs.find(location.root)):
+        folder = posixpath.dirname(path)
+        table = posixpath.basename(folder)
+        if (table in TABLE_DIRS and _name_time(path)) or (table == "manifests" and path.endswith(".json")):
+            projects.setdefault(posixpath.dirname(folder), {}).setdefault(table, []).append(path)
+    return projects
+
+
+def list_export_files(export_dir: str) -> ExportListing:
+    """Every observation file of every project under `export_dir` (a folder or a bucket URL), with its
+    export window."""
+    location = locate(export_dir)
+    try:
+        found = location.fs.isdir(location.root)
+        projects = _tables(location) if found else {}
+    except Exception as exc:  # each cloud's SDK has its own errors: access denied, no such bucket, no network
+        raise ExportLocationError(f"Cannot list the Langfuse export at {export_dir}: "
+                                  f"{type(exc).__name__}: {str(exc)[:300]}") from None
+    if not found:
         raise FileNotFoundError(
             f"Langfuse export folder not found: {export_dir} "
             "(set FINOPS_LANGFUSE_EXPORT_DIR, or run `make demo` to write sample data)"
         )
     files: list[ExportFile] = []
-    unlisted: list[Path] = []
-    bad_manifests: list[tuple[Path, str]] = []
-    for table_dir in sorted(p for name in TABLE_DIRS for p in export_dir.rglob(name) if p.is_dir()):
-        project_dir = table_dir.parent
-        data_files = sorted(p for p in table_dir.iterdir() if _name_time(p))
-        manifest_dir = project_dir / "manifests"
-        if manifest_dir.is_dir():
-            windows: dict[Path, tuple[datetime, datetime, int | None]] = {}
-            for manifest_path in sorted(manifest_dir.glob("*.json")):
-                try:
-                    manifest = ExportManifest.model_validate_json(manifest_path.read_bytes())
-                except (ValidationError, OSError) as exc:
-                    bad_manifests.append((manifest_path, str(exc).splitlines()[0]))
-                    continue
-                window = (_utc(manifest.window.min_timestamp), _utc(manifest.window.max_timestamp))
-                for entry in manifest.files:
-                    # keys carry the bucket prefix; the file sits at the same place below the project folder
-                    windows[project_dir / table_dir.name / Path(entry.key).name] = (*window, entry.row_count)
-            for path in data_files:
-                if path in windows:
-                    files.append(ExportFile(path, _format(path), *windows[path]))
-                else:
-                    unlisted.append(path)
-        else:
+    unlisted: list[str] = []
+    bad_manifests: list[tuple[str, str]] = []
+    for project, tables in projects.items():
+        manifests = tables.pop("manifests", [])
+        windows: dict[tuple[str, str], tuple[datetime, datetime, int | None]] = {}
+        # all of a project's manifests in one call: a bucket's filesystem fetches them concurrently
+        bodies = location.fs.cat(manifests, on_error="return") if manifests else {}
+        for manifest_path in manifests:
+            body = bodies.get(manifest_path) if isinstance(bodies, dict) else None
+            try:
+                if isinstance(body, Exception) or body is None:
+                    raise OSError(f"cannot read it: {body}")
+                manifest = ExportManifest.model_validate_json(body)
+            except (ValidationError, OSError) as exc:
+                bad_manifests.append((location.url(manifest_path), str(exc).splitlines()[0]))
+                continue
+            window = (_utc(manifest.window.min_timestamp), _utc(manifest.window.max_timestamp))
+            for entry in manifest.files:
+                # keys carry the bucket prefix; the file sits at the same place below the project folder
+                windows[(entry.table, posixpath.basename(entry.key))] = (*window, entry.row_count)
+        for table, data_files in tables.items():
             previous_end: datetime | None = None
             for path in data_files:
-                end = _name_time(path)
-                files.append(ExportFile(path, _format(path), previous_end, end))
-                previous_end = end
-    files.sort(key=lambda f: (f.window_end, str(f.path)))
+                url = location.url(path)
+                if manifests and (table, posixpath.basename(path)) in windows:
+                    files.append(ExportFile(url, _format(path), *windows[(table, posixpath.basename(path))]))
+                elif manifests:
+                    unlisted.append(url)
+                else:
+                    end = _name_time(path)
+                    files.append(ExportFile(url, _format(path), previous_end, end))
+                    previous_end = end
+    files.sort(key=lambda f: (f.window_end, f.path))
     return ExportListing(files, unlisted, bad_manifests)
 
 
@@ -170,21 +211,26 @@ def list_export_files(export_dir: Path) -> ExportListing:
 _OLDEST_WINDOW = datetime(2023, 1, 1, tzinfo=timezone.utc)
 
 
-def first_export_day(export_dir: Path) -> date | None:
+def first_export_day(export_dir: str) -> date | None:
     """The first UTC day a local export folder covers: its oldest file's manifest window start, else (no
-    manifest, or a start before Langfuse existed) the day of its name. None when there is no such folder.
-    Cheap enough for every load of the code: one directory listing per table folder and one manifest read."""
-    if not export_dir.is_dir():
+    manifest, or a start before Langfuse existed) the day of its name. None when there is no such folder,
+    or the export is in a bucket (the code location does not list a bucket when it loads).
+    Cheap enough for every load of the code: one listing and one manifest read."""
+    location = locate(export_dir)
+    if location.remote or not location.fs.isdir(location.root):
         return None
-    oldest = min((p for name in TABLE_DIRS for d in export_dir.rglob(name) if d.is_dir()
-                  for p in d.iterdir() if _name_time(p)), key=lambda p: p.name, default=None)
+    projects = _tables(location)
+    oldest = min((p for tables in projects.values() for table, paths in tables.items() if table != "manifests"
+                  for p in paths), key=posixpath.basename, default=None)
     if oldest is None:
         return None
     start = _name_time(oldest)
+    manifest = posixpath.join(posixpath.dirname(posixpath.dirname(oldest)), "manifests",
+                              posixpath.basename(oldest).split(".")[0] + ".json")
     try:
-        manifest = ExportManifest.model_validate_json((oldest.parent.parent / "manifests" / f"{oldest.name.split('.')[0]}.json").read_bytes())
-        if _utc(manifest.window.min_timestamp) >= _OLDEST_WINDOW:
-            start = _utc(manifest.window.min_timestamp)
+        window = ExportManifest.model_validate_json(location.fs.cat_file(manifest)).window
+        if _utc(window.min_timestamp) >= _OLDEST_WINDOW:
+            start = _utc(window.min_timestamp)
     except (OSError, ValidationError):
         pass
     return start.date()

@@ -355,7 +355,7 @@ _UNREADABLE = (duckdb.IOException, duckdb.InvalidInputException, duckdb.Conversi
 class Rejected:
     """What could not be read at all: a whole file (line None) or one CSV record."""
 
-    file: Path
+    file: str  # a URL or local path
     line: int | None
     reason: str
 
@@ -388,7 +388,7 @@ def read_observations(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], 
     for rank, export_file in enumerate(files):
         by_format.setdefault(export_file.format, []).append(rank)
     for fmt, ranks in by_format.items():
-        if fmt in ("jsonl", "parquet") and _read_fast(conn, fmt, {r: files[r].path for r in ranks}, vocabulary):
+        if fmt in ("jsonl", "parquet") and _read_fast(conn, fmt, {r: files[r].readable for r in ranks}, vocabulary):
             continue
         # No fast way, or one file broke it: each file on its own, the fast way first where there is one.
         rejected += _each_file(conn, ranks, lambda cursor, rank: _read_file(cursor, rank, files[rank], vocabulary))
@@ -486,7 +486,7 @@ def _each_file(conn: duckdb.DuckDBPyConnection, ranks, read) -> list[Rejected]:
         return [r for rejected in pool.map(on_own_cursor, ranks) for r in rejected]
 
 
-def _read_fast(conn: duckdb.DuckDBPyConnection, fmt: str, paths: dict[int, Path], vocabulary: Vocabulary) -> bool:
+def _read_fast(conn: duckdb.DuckDBPyConnection, fmt: str, paths: dict[int, str], vocabulary: Vocabulary) -> bool:
     """The files `paths` (rank -> path; all JSONL or all Parquet) in one statement; False, having added
     nothing, if one of them cannot be read that way."""
     local = [str(path) for path in paths.values()]
@@ -507,7 +507,7 @@ def _read_fast(conn: duckdb.DuckDBPyConnection, fmt: str, paths: dict[int, Path]
 
 def _read_file(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, vocabulary: Vocabulary) -> list[Rejected]:
     """One file: the fast way where the format has one, else (or when it fails) line by line."""
-    if export_file.format in ("jsonl", "parquet") and _read_fast(conn, export_file.format, {rank: export_file.path}, vocabulary):
+    if export_file.format in ("jsonl", "parquet") and _read_fast(conn, export_file.format, {rank: export_file.readable}, vocabulary):
         return []
     return _read_lines(conn, rank, export_file, vocabulary)
 
@@ -517,7 +517,7 @@ def _read_lines(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportF
     try:  # one statement: a file that fails to read adds nothing
         conn.execute("INSERT INTO scratch.observations "
                      + _validate_json(_from_text(_LINES[fmt], decode_nested=fmt == "csv"), vocabulary),
-                     {"rank": rank, "file": str(export_file.path), "unit": "line"})
+                     {"rank": rank, "file": export_file.readable, "unit": "line"})
     except _UNREADABLE as exc:
         return [Rejected(export_file.path, None, f"unreadable {fmt} file: {_first_line(exc)}")]
     if fmt == "csv":
