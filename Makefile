@@ -21,6 +21,12 @@ $(UV):
 
 install: .venv/.synced
 
+# The Langfuse 4.x SDK's models of the legacy API, for the tests' double only: beside the 5.x, never imported as `langfuse`.
+.venv/langfuse4/.installed: .venv/.synced finops_pipeline_tests/langfuse4.txt
+	rm -rf .venv/langfuse4
+	$(UV) pip install --python $(PY) --target .venv/langfuse4 --no-deps --require-hashes -r finops_pipeline_tests/langfuse4.txt
+	touch $@
+
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
@@ -40,7 +46,7 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 validate: install $(DAGSTER_HOME)/dagster.yaml
 	.venv/bin/dagster definitions validate -m finops_pipeline.definitions
 
-test: install
+test: install .venv/langfuse4/.installed
 	.venv/bin/pytest -n 2
 
 # One day of N generations through the pipeline, a per-row loop and DuckDB's floor (bench/run.py).

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finops_pipeline.settings import DEFAULT_ALLOCATION_KEYS  # noqa: E402
-from finops_pipeline.sources.langfuse_api import FIELD_GROUPS  # noqa: E402
+from finops_pipeline.sources.api_v2 import FIELD_GROUPS  # noqa: E402
 from finops_pipeline_tests.langfuse_double import LangfuseDouble  # noqa: E402
 
 DAY = date(2026, 11, 20)

@@ -125,7 +125,8 @@ def _rows_sql(day: date, n: int) -> str:
         CASE WHEN is_span OR input_rate IS NULL THEN MAP {{}}::MAP(VARCHAR, DECIMAL(18, 12))
              ELSE MAP {{'input': c_in, 'input_cached_tokens': c_cached, 'output': c_out,
                        'total': c_in + c_cached + c_out}} END AS cost_details,
-        CASE WHEN is_span OR input_rate IS NULL THEN NULL ELSE c_in + c_cached + c_out END AS total_cost,
+        -- the events table's total_cost is cost_details['total']: 0, not null, where Langfuse had no price
+        CASE WHEN is_span OR input_rate IS NULL THEN 0::DECIMAL(18, 12) ELSE c_in + c_cached + c_out END AS total_cost,
         CASE WHEN is_span THEN NULL ELSE replace(feature, '-', '_') END AS prompt_name,
         CASE WHEN is_span THEN NULL ELSE 1 + g % 5 END AS prompt_version,
         CASE WHEN style >= 80 AND style < 90
@@ -171,7 +172,7 @@ def write_export_day(dest: Path, day: date, n: int, fmt: str) -> Path:
                          TO '{path}' ({options})""",
                      {"lo": max(first, 0), "hi": min(last, n), "lo_text": lo.strftime("%Y-%m-%d %H:%M:%S.%f"),
                       "hi_text": hi.strftime("%Y-%m-%d %H:%M:%S.%f")})
-        write_manifest(dest, PROJECT_ID, lo, hi, path, None)
+        write_manifest(dest, PROJECT_ID, lo, hi, [(path, None)])
 
     with duckdb.connect() as conn:
         _text_pool(conn)

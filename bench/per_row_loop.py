@@ -29,13 +29,15 @@ def run(export_dir: Path, day: date, out: Path) -> int:
             for line in lines:
                 row = json.loads(line)
                 started = datetime.fromisoformat(row["start_time"])
-                if lo <= started < hi and (row.get("type") == "GENERATION" or row.get("total_cost") is not None):
+                # total_cost is 0, not null, where Langfuse had no price: cost_details says whether it had one
+                if lo <= started < hi and (row.get("type") == "GENERATION" or row.get("cost_details")):
                     row.pop("input", None), row.pop("output", None)  # keep what cost needs, not the text
                     latest[row["id"]] = row
     totals: dict[tuple, float] = {}
     for row in latest.values():
         model = row.get("provided_model_name")
-        cost = row.get("total_cost")
+        details = row.get("cost_details") or {}
+        cost = details.get("total", sum(details.values())) if details else None
         if cost is None:
             price = pricing.list_rates(model, day)
             if price is None:

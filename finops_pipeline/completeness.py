@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 from finops_pipeline.money import usd
 from finops_pipeline.sources.langfuse_api import COST_TYPES, ServerTotals
-from finops_pipeline.sources.langfuse_export import Coverage, ExportFile
+from finops_pipeline.sources.export_listing import Coverage, ExportFile
 from finops_pipeline.sources.observation_rows import Rejected
 
 COMPLETENESS_CHECK = "extraction_complete"
@@ -48,9 +49,11 @@ def uncovered_day_message(export_dir: str, day: date, gaps: list[Coverage]) -> s
 
 def export_completeness(conn: duckdb.DuckDBPyConnection, files: list[ExportFile],
                         rejected: list[Rejected]) -> dg.AssetCheckResult:
-    """Each file's rows read (scratch.observations by file_rank, plus CSV records the reader rejected)
-    against its manifest's rowCount; a file that could not be read at all fails whatever its manifest."""
-    read = dict(conn.execute("SELECT file_rank, count(*) FROM scratch.observations GROUP BY ALL").fetchall())
+    """Each file's rows read (scratch.observations and scratch.traces by file_rank, plus CSV records the reader
+    rejected) against its manifest's rowCount; a file that could not be read at all fails whatever its manifest.
+    Trace files count too: a trace lost is its generations' allocation lost."""
+    read = dict(conn.execute("SELECT file_rank, count(*) FROM (SELECT file_rank FROM scratch.observations "
+                             "UNION ALL SELECT file_rank FROM scratch.traces) GROUP BY ALL").fetchall())
     rank_of = {f.path: rank for rank, f in enumerate(files)}
     unreadable: dict[int, str] = {}
     for r in rejected:
@@ -77,7 +80,7 @@ def export_completeness(conn: duckdb.DuckDBPyConnection, files: list[ExportFile]
     else:
         description = (f"{len(files)} export files read whole, {total:,} rows"
                        + (f"; {counted} of them hold exactly the rows their manifest counts" if counted else "")
-                       + (f"; {len(files) - counted} have no rowCount in a manifest (Parquet, whose writer cannot count, "
+                       + (f"; {len(files) - counted} {'has' if len(files) - counted == 1 else 'have'} no rowCount in a manifest (Parquet, whose writer cannot count, "
                           "an older manifest, or no manifest): for those, only their windows' coverage of the day is "
                           "proved" if counted < len(files) else "")
                        + ".")
@@ -92,15 +95,51 @@ def export_completeness(conn: duckdb.DuckDBPyConnection, files: list[ExportFile]
     )
 
 
-def api_completeness(conn: duckdb.DuckDBPyConnection, day: date, server: ServerTotals | None,
-                     unavailable: str | None, tolerance: float) -> dg.AssetCheckResult:
-    """The day's extracted observations (quarantined ones included: they were fetched), each id once, and
-    their Langfuse cost, against the server's own totals, within `tolerance` % of the server's figure."""
-    count, cost = conn.execute("""
+@dataclass(frozen=True)
+class ProjectTotals:
+    """One project's side of the API check: what the server counts for the day, or why it could not say."""
+
+    name: str  # the key pair's name ("default": LANGFUSE_PUBLIC_KEY)
+    project_id: str | None  # whose rows are its rows; None when a single project is read (all rows are)
+    server: ServerTotals | None
+    unavailable: str | None
+
+
+def api_completeness(conn: duckdb.DuckDBPyConnection, day: date, projects: list[ProjectTotals],
+                     tolerance: float) -> dg.AssetCheckResult:
+    """Per project, the day's extracted observations (quarantined ones included: they were fetched), each id
+    once, and their Langfuse cost, against the server's own totals, within `tolerance` % of the server's
+    figure. A gap fails (ERROR); totals the server could not give warn, unless nothing was extracted: an
+    empty day nobody confirmed fails."""
+    extracted = {p: conn.execute("""
         SELECT count(*), coalesce(sum(cost), 0) FROM (
             SELECT o.id, max(o.langfuse_cost) AS cost
             FROM scratch.observations o JOIN scratch.sources s USING (file_rank)
-            WHERE coalesce(o.start_time::DATE, s.file_day) = $day GROUP BY o.id)""", {"day": day}).fetchone()
+            WHERE coalesce(o.start_time::DATE, s.file_day) = $day AND ($project IS NULL OR o.project_id = $project)
+            GROUP BY coalesce(o.project_id, ''), o.id)""", {"day": day, "project": p.project_id}).fetchone()
+                 for p in projects}
+    results = [_project_completeness(p, *extracted[p], day, tolerance) for p in projects]
+    if len(results) == 1:
+        return results[0]
+    failed = [r for r in results if not r.passed]
+    errors = [r for r in failed if r.severity == dg.AssetCheckSeverity.ERROR]
+    table = pd.DataFrame([{"project": p.name, "extracted": r.metadata["extracted_observations"].value,
+                           "langfuse counts": r.metadata.get("langfuse_observations") and r.metadata["langfuse_observations"].value,
+                           "verdict": "ok" if r.passed else r.severity.value}
+                          for p, r in zip(projects, results)])
+    return dg.AssetCheckResult(
+        check_name=COMPLETENESS_CHECK, passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN,
+        description=f"{len(projects) - len(failed)} of {len(projects)} projects extracted whole" + "".join(
+            f"; project {p.name}: {r.description.rstrip('.')}" for p, r in zip(projects, results) if not r.passed) + ".",
+        metadata={"projects": len(projects), "extracted_observations": sum(c for c, _ in extracted.values()),
+                  "extracted_cost_usd": float(sum(cost for _, cost in extracted.values())),
+                  "by_project": dg.MetadataValue.md(table.to_markdown(index=False))})
+
+
+def _project_completeness(project: ProjectTotals, count: int, cost: Decimal, day: date,
+                          tolerance: float) -> dg.AssetCheckResult:
+    server, unavailable = project.server, project.unavailable
     if server is None:
         if count == 0:
             return dg.AssetCheckResult(

@@ -1,6 +1,6 @@
 """From validated observation rows to the day's generations: dedup, price and allocate, all in SQL.
 
-Input: `scratch.observations` and `scratch.sources` (see sources/observation_rows.py).
+Input: `scratch.observations`, `scratch.traces` and `scratch.sources` (see sources/observation_rows.py).
 Output: the SELECT of the day's rows for `langfuse_generations`, and the temp table `day_quarantine`.
 """
 
@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 
 from finops_pipeline import pricing
-from finops_pipeline.sources.observation_rows import Vocabulary
+from finops_pipeline.sources.observation_rows import COST_CARRYING, Vocabulary
 from finops_pipeline.warehouse import MONEY
 
 RATE = "DECIMAL(38, 18)"
@@ -95,6 +95,10 @@ def prepare_day(conn: duckdb.DuckDBPyConnection, day: date, provider_map: dict[s
                o.reason
         FROM scratch.observations o JOIN scratch.sources f USING (file_rank)
         WHERE o.reason IS NOT NULL AND coalesce(o.start_time::DATE, f.file_day) = $day
+        UNION ALL  -- a trace row that cannot be read, on its own day (the days around read it too)
+        SELECT 'langfuse_generations', $day, f.file, t.line, NULL, t.reason
+        FROM scratch.traces t JOIN scratch.sources f USING (file_rank)
+        WHERE t.reason IS NOT NULL AND coalesce(t.timestamp::DATE, f.file_day) = $day
     """, {"day": day})
 
 
@@ -102,17 +106,17 @@ def generations_sql(vocabulary: Vocabulary) -> str:
     """The day's rows of `langfuse_generations` (parameter `$day`), from `scratch.observations`."""
     return f"""
         WITH valid AS NOT MATERIALIZED (  -- read twice, but materialising a day of rows costs more
-            SELECT * FROM scratch.observations
-            WHERE reason IS NULL AND (type = 'GENERATION' OR langfuse_cost IS NOT NULL OR total_tokens > 0)
+            SELECT *, coalesce(project_id, '') AS project FROM scratch.observations WHERE reason IS NULL AND {COST_CARRYING}
         ),
-        -- An id in several files (a row on a window bound, a re-export): the latest export wins. Langfuse
+        -- An id (of a project: ids are unique per project) in several files (a row on a window bound, a
+        -- re-export, both export layouts): the latest export wins. Langfuse
         -- exports `FROM observations FINAL`, so one file holds an id once; should it not, keep the costlier.
-        repeated AS (SELECT id FROM valid GROUP BY id HAVING count(*) > 1),
+        repeated AS (SELECT project, id FROM valid GROUP BY ALL HAVING count(*) > 1),
         latest AS (
-            SELECT * FROM valid ANTI JOIN repeated USING (id)
+            SELECT * FROM valid ANTI JOIN repeated USING (project, id)
             UNION ALL
-            SELECT * FROM (SELECT * FROM valid SEMI JOIN repeated USING (id))
-            QUALIFY row_number() OVER (PARTITION BY id ORDER BY file_rank DESC, langfuse_cost DESC NULLS LAST,
+            SELECT * FROM (SELECT * FROM valid SEMI JOIN repeated USING (project, id))
+            QUALIFY row_number() OVER (PARTITION BY project, id ORDER BY file_rank DESC, langfuse_cost DESC NULLS LAST,
                                                               total_tokens DESC, line DESC NULLS LAST) = 1
         ),
         day_rows AS (

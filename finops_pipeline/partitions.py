@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from finops_pipeline.sources.langfuse_export import first_export_day
+from finops_pipeline.sources.export_listing import first_export_day
 
 def _start_date() -> str:
     """FINOPS_START_DATE, else the 1st of the month that holds the day before the local Langfuse export's

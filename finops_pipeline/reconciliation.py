@@ -53,7 +53,7 @@ def register_model_keys(conn: duckdb.DuckDBPyConnection, day: date) -> None:
     conn.unregister("model_keys_frame")
 
 
-PREPARE_SQL = [f"""
+PREPARE_SQL = ["""
 CREATE OR REPLACE TEMP TABLE recon_traced AS
 SELECT provider, model, k.model_key,
        sum(cost_usd) AS cost, sum(unpriced_calls) AS unpriced,

@@ -4,22 +4,56 @@ or logs) and the clients' limits. Without keys the pipeline reads files instead 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass, field
 
 import dagster as dg
 from pydantic import Field
 
 from finops_pipeline.sources.billing_api import SPECS, CostApi
-from finops_pipeline.sources.langfuse_api import DEFAULT_HOST, LangfuseApi
+from finops_pipeline.sources.langfuse_api import DEFAULT_HOST, LangfuseApi, RateLimiter
+
+
+class LangfuseProject(dg.Config):
+    """Another Langfuse project read in the same run: its key pair (from LANGFUSE_PUBLIC_KEY_<NAME> and
+    LANGFUSE_SECRET_KEY_<NAME>) and, when it lives elsewhere, its host (LANGFUSE_HOST_<NAME>)."""
+
+    name: str = Field(description="The <NAME> of its variables, lower case: it names the project in messages.")
+    host: str | None = Field(default=None, description="Its Langfuse base URL; unset: the resource's host.")
+    public_key: str = Field(description="Project public key (pk-lf-...), from an environment variable.")
+    secret_key: str = Field(description="Project secret key (sk-lf-...), from an environment variable.")
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """One project's keys, where they live and what they are called, for the client and its messages."""
+
+    name: str  # "default" for LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY, else the <NAME> of its variables
+    host: str
+    public_key: str
+    secret_key: str = field(repr=False)
+
+    @property
+    def variables(self) -> str:
+        suffix = "" if self.name == DEFAULT_PAIR else f"_{self.name.upper()}"
+        return f"LANGFUSE_PUBLIC_KEY{suffix} and LANGFUSE_SECRET_KEY{suffix}"
+
+
+DEFAULT_PAIR = "default"
+_PAIR_VARIABLE = re.compile(r"^LANGFUSE_PUBLIC_KEY_([A-Z0-9][A-Z0-9_]*)$")
 
 
 class LangfuseApiResource(dg.ConfigurableResource):
-    """Where and how to read observations from Langfuse's public API v2."""
+    """Where and how to read observations from Langfuse's public API (v2; the legacy API on servers without it)."""
 
     host: str = Field(default=DEFAULT_HOST, description="Langfuse base URL (Cloud region or self-hosted).")
     public_key: str | None = Field(default=None, description="Project public key (pk-lf-...); unset: read the blob export.")
     secret_key: str | None = Field(default=None, description="Project secret key (sk-lf-...), from an environment variable.")
+    more_projects: list[LangfuseProject] = Field(
+        default=[], description="Other projects read in the same run (LANGFUSE_PUBLIC_KEY_<NAME>, ...).")
     requests_per_minute: float = Field(
-        default=1000, ge=0, description="The plan's public-API rate limit, shared by all windows (0: no limit).")
+        default=1000, ge=0,
+        description="The plan's public-API rate limit, shared by all windows of all projects of one organisation (0: no limit).")
     concurrency: int = Field(default=8, ge=1, le=64, description="Time windows of the day fetched at once.")
     windows: int = Field(default=24, ge=1, le=1440, description="Time windows the day is split into.")
     timeout_seconds: float = Field(default=60, gt=0, description="Per-request timeout.")
@@ -28,17 +62,25 @@ class LangfuseApiResource(dg.ConfigurableResource):
 
     @property
     def configured(self) -> bool:
-        return bool(self.public_key and self.secret_key)
+        return bool(self.key_pairs())
 
-    def client(self) -> LangfuseApi:
-        return LangfuseApi(self.host, self.public_key, self.secret_key,
+    def key_pairs(self) -> list[KeyPair]:
+        """Every project to read: the default pair (when set), then the others."""
+        pairs = [KeyPair(DEFAULT_PAIR, self.host, self.public_key, self.secret_key)] if (
+            self.public_key and self.secret_key) else []
+        return pairs + [KeyPair(p.name, p.host or self.host, p.public_key, p.secret_key) for p in self.more_projects]
+
+    def client(self, pair: KeyPair, limiter: RateLimiter | None = None) -> LangfuseApi:
+        return LangfuseApi(pair.host, pair.public_key, pair.secret_key, keys=pair.variables, limiter=limiter,
                            requests_per_minute=self.requests_per_minute, timeout_seconds=self.timeout_seconds,
                            give_up_after_seconds=self.give_up_after_seconds)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> LangfuseApiResource:
         """Keys from LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY as `EnvVar`s (resolved at run time, shown as
-        names in the UI); host from LANGFUSE_BASE_URL, else LANGFUSE_HOST (the SDK's order)."""
+        names in the UI); host from LANGFUSE_BASE_URL, else LANGFUSE_HOST (the SDK's order). Each further
+        pair LANGFUSE_PUBLIC_KEY_<NAME> / LANGFUSE_SECRET_KEY_<NAME> is another project, on
+        LANGFUSE_BASE_URL_<NAME> or LANGFUSE_HOST_<NAME> when set, else the same host."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {
             "host": env.get("LANGFUSE_BASE_URL") or env.get("LANGFUSE_HOST") or DEFAULT_HOST,
@@ -46,10 +88,22 @@ class LangfuseApiResource(dg.ConfigurableResource):
         if env.get("LANGFUSE_PUBLIC_KEY") and env.get("LANGFUSE_SECRET_KEY"):
             values["public_key"] = dg.EnvVar("LANGFUSE_PUBLIC_KEY")
             values["secret_key"] = dg.EnvVar("LANGFUSE_SECRET_KEY")
-        for field, var in (("requests_per_minute", "FINOPS_LANGFUSE_REQUESTS_PER_MINUTE"),
-                           ("concurrency", "FINOPS_LANGFUSE_CONCURRENCY")):
+        more = []
+        for variable in sorted(env):
+            match = _PAIR_VARIABLE.match(variable)
+            if not match or not env[variable]:
+                continue
+            suffix = match.group(1)
+            if not env.get(f"LANGFUSE_SECRET_KEY_{suffix}"):
+                raise ValueError(f"{variable} is set but LANGFUSE_SECRET_KEY_{suffix} is not: a project needs both keys.")
+            more.append(LangfuseProject(
+                name=suffix.lower(), host=env.get(f"LANGFUSE_BASE_URL_{suffix}") or env.get(f"LANGFUSE_HOST_{suffix}"),
+                public_key=dg.EnvVar(variable), secret_key=dg.EnvVar(f"LANGFUSE_SECRET_KEY_{suffix}")))
+        values["more_projects"] = more
+        for field_name, var in (("requests_per_minute", "FINOPS_LANGFUSE_REQUESTS_PER_MINUTE"),
+                                ("concurrency", "FINOPS_LANGFUSE_CONCURRENCY")):
             if env.get(var):
-                values[field] = env[var]
+                values[field_name] = env[var]
         return cls(**values)
 
 

@@ -48,9 +48,10 @@ ENV_VARS = {
 LIST_FIELDS = ("allocation_keys", "billed_providers", "finout_dimensions", "hashed_dimensions")
 
 # Columns of the Finout file that are not allocation keys.
-RESERVED_COLUMNS = {"usagedate", "cost", "source", "service_name", "provider", "model"}
+RESERVED_COLUMNS = {"usagedate", "cost", "source", "service_name", "provider", "model", "project_id"}
 # Dimensions a Finout file may carry besides the allocation keys; nothing else leaves the building.
-FIXED_DIMENSIONS = ("source", "service_name", "provider", "model")
+# project_id: the Langfuse project a call was traced in (one export prefix or one run can hold several).
+FIXED_DIMENSIONS = ("source", "service_name", "provider", "model", "project_id")
 _S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _PROVIDER = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
@@ -78,7 +79,8 @@ class FinopsSettings(dg.ConfigurableResource):
     finout_dimensions: list[str] | None = Field(
         default=None,
         description="Finout columns after UsageDate and Cost: allocation keys and source, service_name, provider, "
-                    "model. Default: source, service_name, the allocation keys, provider, model.")
+                    "model, project_id (the Langfuse project). Default: source, service_name, the allocation keys, "
+                    "provider, model.")
     hashed_dimensions: list[str] = Field(
         default=[], description="Dimensions delivered as salted hashes (e.g. customer_id, user_id), with FINOPS_HASH_SALT.")
     hash_salt: str | None = Field(default=None, description="Secret salt of the hashed dimensions (FINOPS_HASH_SALT).")
@@ -152,7 +154,10 @@ class FinopsSettings(dg.ConfigurableResource):
             raise ValueError(f"allocation keys must be lower-case identifiers ([a-z][a-z0-9_]*), got {bad}")
         reserved = sorted(set(keys) & RESERVED_COLUMNS)
         if reserved:
-            raise ValueError(f"allocation keys {reserved} clash with Finout columns {sorted(RESERVED_COLUMNS)}")
+            raise ValueError(f"allocation keys {reserved} clash with Finout columns {sorted(RESERVED_COLUMNS)}"
+                             + ("; project_id is the Langfuse project's: read your own metadata key under another "
+                                "name, e.g. FINOPS_METADATA_ALIASES='{\"project_id\": \"app_project\"}' with "
+                                "app_project an allocation key" if "project_id" in reserved else ""))
         if len(set(keys)) != len(keys) or not keys:
             raise ValueError(f"allocation keys must be a non-empty list without repeats, got {keys}")
         return keys

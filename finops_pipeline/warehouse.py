@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS allocated_costs (
     cache_write_tokens BIGINT NOT NULL,
     reasoning_tokens   BIGINT NOT NULL,
     total_tokens       BIGINT NOT NULL,
-    cost_usd           {MONEY} NOT NULL      -- priced cost only; unpriced calls are counted above
+    cost_usd           {MONEY} NOT NULL,     -- priced cost only; unpriced calls are counted above
+    project_id         VARCHAR               -- the Langfuse project the calls were traced in
 );
 CREATE TABLE IF NOT EXISTS provider_costs (
     day         DATE NOT NULL,
@@ -104,13 +105,14 @@ CREATE TABLE IF NOT EXISTS cost_reconciliation (
 """
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Tables emptied and recreated when a warehouse file of an older version is opened. Each is derived from
 # inputs that are still there (the bills, the staged generations): re-materialising its days refills it.
 REBUILT_IN_VERSION = {2: ("provider_costs", "cost_reconciliation")}  # 2: token kinds, three depths
 # Columns added to a table in place (NULL in the rows already there, until their days are re-materialised).
 ADDED_IN_VERSION = {3: [("langfuse_generations", "usage_other", "MAP(VARCHAR, BIGINT)"),  # 3: every usage unit
-                        ("langfuse_generations", "unpriced_usage", "MAP(VARCHAR, BIGINT)")]}
+                        ("langfuse_generations", "unpriced_usage", "MAP(VARCHAR, BIGINT)")],
+                    4: [("allocated_costs", "project_id", "VARCHAR")]}  # 4: the Langfuse project, a dimension
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """A Langfuse server for tests and the bench: GET /api/public/v2/observations and /api/public/v2/metrics on a
 real socket, as the server (langfuse/langfuse v4.16) implements them.
 
-- Basic auth; 401 with Langfuse's body on a wrong key pair. `v2=False` plays a server older than the
-  v2 API (Next.js's HTML 404).
+- Basic auth; 401 with Langfuse's body on a wrong key pair. The keys pick the project: `add_project` hosts
+  another one on the same server (GET /api/public/projects names it and its organisation). `v2=False`
+  plays a server older than the v2 API (Next.js's HTML 404).
 - Rows sorted `start_time DESC, hash(trace_id) DESC, id DESC`; `fromStartTime` inclusive, `toStartTime`
   exclusive; `limit` at most 1000 (else 400); the cursor is base64 of the last row's sort key and is
   only sent when more rows follow; `fields` groups (never `io` unless asked), `expandMetadata`
@@ -29,7 +30,7 @@ import time
 import zlib
 from datetime import datetime, timezone
 
-from langfuse.api import MetricsV2Response, ObservationsV2Response
+from langfuse.api import MetricsV2Response, ObservationsV2Response, Projects
 from langfuse.api.core.pydantic_utilities import parse_obj_as
 
 from finops_pipeline_tests.http_double import DROP, HttpDouble, json_body as _json
@@ -48,6 +49,13 @@ FIELD_GROUPS = {
     "trace_context": ["tags", "release", "traceName"],
 }
 BAD_KEYS = {"message": "Invalid credentials. Confirm that you've configured the correct host."}
+
+
+def not_found() -> tuple[int, dict, bytes]:
+    """Next.js's answer to a route the server's version does not have."""
+    return 404, {"Content-Type": "text/html"}, b"<!DOCTYPE html><h1>404</h1><h2>This page could not be found.</h2>"
+
+
 TIMED_OUT = {"message": "Your query could not be completed. Please narrow your request by adding more specific "
                         "filters (e.g., a shorter date range).", "error": "Request timed out"}
 
@@ -60,34 +68,64 @@ def _sort_key(row: dict) -> tuple:
     return (_ts(row["startTime"]), zlib.crc32(str(row.get("traceId") or "").encode()), row["id"])
 
 
+class Project:
+    """One project the server hosts: its keys, its organisation and its observations (sorted as served)."""
+
+    def __init__(self, rows: list[dict], public_key: str, secret_key: str, project_id: str, organization: str):
+        self.public_key, self.secret_key, self.id, self.organization = public_key, secret_key, project_id, organization
+        self.rows = sorted(rows, key=_sort_key)
+        self.keys = [_sort_key(r) for r in self.rows]
+        self.rendered: dict[tuple, list[str]] = {}
+
+    @property
+    def authorization(self) -> str:
+        return "Basic " + base64.b64encode(f"{self.public_key}:{self.secret_key}".encode()).decode()
+
+
 class LangfuseDouble(HttpDouble):
     def __init__(self, rows: list[dict], public_key: str = "pk-lf-double", secret_key: str = "sk-lf-double",
-                 v2: bool = True, validate_every: int = 1, max_rows_per_query: int | None = None):
+                 v2: bool = True, validate_every: int = 1, max_rows_per_query: int | None = None,
+                 project_id: str = "p1", organization: str = "o1"):
         self.public_key, self.secret_key, self.v2 = public_key, secret_key, v2
         self.validate_every = validate_every
         self.max_rows_per_query = max_rows_per_query
         self.hidden_ids: set[str] = set()
-        self.metrics_enabled = True  # False: the 404 of a server without the v2 metrics API
+        self.metrics_hidden: set[str] = set()  # rows the metrics do not count (not yet aggregated, say)
+        self.metrics_enabled = True  # False: the 404 of a server without the metrics API
         super().__init__()
         self._served = 0
-        rows = sorted(rows, key=_sort_key)
-        self._rows = rows
-        self._keys = [_sort_key(r) for r in rows]
-        self._rendered: dict[tuple, list[str]] = {}
+        self.projects = [Project(rows, public_key, secret_key, project_id, organization)]
+
+    def add_project(self, rows: list[dict], public_key: str, secret_key: str, project_id: str,
+                    organization: str) -> None:
+        """Host another project on this server, read with its own key pair."""
+        self.projects.append(Project(rows, public_key, secret_key, project_id, organization))
 
     def respond(self, path: str, query: dict[str, list[str]], headers) -> tuple[int, dict, bytes]:
-        expected = "Basic " + base64.b64encode(f"{self.public_key}:{self.secret_key}".encode()).decode()
-        if headers.get("Authorization") != expected:
+        project = next((p for p in self.projects if p.authorization == headers.get("Authorization")), None)
+        if project is None:
             return 401, {}, _json(BAD_KEYS)
         query = {k: v[-1] for k, v in query.items()}
+        if path == "/api/public/projects":
+            return self.project_info(project)
         if path == "/api/public/v2/observations" and self.v2:
-            return self.observations(query)
+            return self.observations(project, query)
         if path == "/api/public/v2/metrics" and self.v2 and self.metrics_enabled:
-            return self.metrics(query)
-        return 404, {"Content-Type": "text/html"}, b"<!DOCTYPE html><h1>404</h1><h2>This page could not be found.</h2>"
+            return self.metrics(project, query, MetricsV2Response)
+        return not_found()
 
     # --- the endpoints ---------------------------------------------------------------------------
-    def observations(self, query: dict) -> tuple[int, dict, bytes]:
+    def project_info(self, project: Project) -> tuple[int, dict, bytes]:
+        body = _json({"data": [{"id": project.id, "name": f"project {project.id}", "metadata": {},
+                                "organization": {"id": project.organization, "name": f"org {project.organization}"}}]})
+        self._check(self.projects_model(), body)
+        return 200, {}, body
+
+    @staticmethod
+    def projects_model():
+        return Projects
+
+    def observations(self, project: Project, query: dict) -> tuple[int, dict, bytes]:
         fault = self._next_fault()
         if fault:
             answer = self._fault(fault)
@@ -104,19 +142,19 @@ class LangfuseDouble(HttpDouble):
             cursor = json.loads(base64.b64decode(query["cursor"])) if query.get("cursor") else None
         except (AssertionError, ValueError, KeyError) as exc:
             return 400, {}, _json({"message": "Invalid request data", "error": str(exc)})
-        first, end = bisect.bisect_left(self._keys, (lo,)), bisect.bisect_left(self._keys, (hi,))
+        first, end = bisect.bisect_left(project.keys, (lo,)), bisect.bisect_left(project.keys, (hi,))
         if self.max_rows_per_query and end - first > self.max_rows_per_query:
             return 422, {}, _json(TIMED_OUT)
         upper = end
         if cursor:
             last = (_ts(cursor["lastStartTimeTo"]), zlib.crc32(cursor["lastTraceId"].encode()), cursor["lastId"])
-            upper = min(end, bisect.bisect_left(self._keys, last))
+            upper = min(end, bisect.bisect_left(project.keys, last))
         if fault and fault["kind"] == "repeat":
             upper = min(end, upper + fault.get("rows", 3))
-        rendered = self._render(tuple(sorted(groups)), tuple(sorted(expand)))
+        rendered = self._render(project, tuple(sorted(groups)), tuple(sorted(expand)))
         page, i = [], upper - 1
         while i >= first and len(page) <= limit:
-            row = self._rows[i]
+            row = project.rows[i]
             if row["id"] not in self.hidden_ids and (types is None or row["type"] in types):
                 page.append(i)
             i -= 1
@@ -124,7 +162,7 @@ class LangfuseDouble(HttpDouble):
         page = page[:limit]
         meta = "{}"
         if more:
-            last = self._rows[page[-1]]
+            last = project.rows[page[-1]]
             meta = json.dumps({"cursor": base64.b64encode(json.dumps(
                 {"lastStartTimeTo": last["startTime"], "lastTraceId": last.get("traceId") or "",
                  "lastId": last["id"]}).encode()).decode()})
@@ -136,7 +174,7 @@ class LangfuseDouble(HttpDouble):
             body = body[: len(body) // 2]
         return 200, {}, body
 
-    def metrics(self, query: dict) -> tuple[int, dict, bytes]:
+    def metrics(self, project: Project, query: dict, model) -> tuple[int, dict, bytes]:
         try:
             spec = json.loads(query["query"])
             assert spec["view"] == "observations", "only the observations view is served"
@@ -149,8 +187,8 @@ class LangfuseDouble(HttpDouble):
         except (AssertionError, ValueError, KeyError) as exc:
             return 400, {}, _json({"message": "Invalid request data", "error": str(exc)})
         by_day: dict[str, list] = {}
-        for row, key in zip(self._rows, self._keys):
-            if lo <= key[0] <= hi and (types is None or row["type"] in types):
+        for row, key in zip(project.rows, project.keys):
+            if lo <= key[0] <= hi and (types is None or row["type"] in types) and row["id"] not in self.metrics_hidden:
                 day = datetime.fromtimestamp(key[0], timezone.utc).strftime("%Y-%m-%dT00:00:00.000Z")
                 count_cost = by_day.setdefault(day, [0, None])
                 count_cost[0] += 1
@@ -160,12 +198,13 @@ class LangfuseDouble(HttpDouble):
         data = [{"time_dimension": day, "count_count": str(n), "sum_totalCost": cost}
                 for day, (n, cost) in sorted(by_day.items())][:row_limit]
         body = _json({"data": data})
-        self._check(MetricsV2Response, body)
+        self._check(model, body)
         return 200, {}, body
 
     def prepare(self, fields: str, expand_metadata: str) -> None:
         """Render the rows for a request shape now, not on the first request (the bench's timing)."""
-        self._render(tuple(sorted({"core"} | set(fields.split(",")))), tuple(sorted(filter(None, expand_metadata.split(",")))))
+        self._render(self.projects[0], tuple(sorted({"core"} | set(fields.split(",")))),
+                     tuple(sorted(filter(None, expand_metadata.split(",")))))
 
     # --- helpers ---------------------------------------------------------------------------------
     def _types(self, query: dict) -> set[str] | None:
@@ -176,13 +215,13 @@ class LangfuseDouble(HttpDouble):
                     return set(f["value"])
         return {query["type"]} if query.get("type") else None
 
-    def _render(self, groups: tuple, expand: tuple) -> list[str]:
+    def _render(self, project: Project, groups: tuple, expand: tuple) -> list[str]:
         """Each row as JSON with only the requested field groups, computed once per request shape."""
         with self._lock:
-            if (groups, expand) not in self._rendered:
+            if (groups, expand) not in project.rendered:
                 fields = [f for g in groups for f in FIELD_GROUPS.get(g, [])]
-                self._rendered[(groups, expand)] = [json.dumps(self._served_row(r, fields, expand)) for r in self._rows]
-            return self._rendered[(groups, expand)]
+                project.rendered[(groups, expand)] = [json.dumps(self._served_row(r, fields, expand)) for r in project.rows]
+            return project.rendered[(groups, expand)]
 
     @staticmethod
     def _served_row(row: dict, fields: list[str], expand: tuple) -> dict:
@@ -194,7 +233,8 @@ class LangfuseDouble(HttpDouble):
                                for k, v in out["metadata"].items()}
         return out
 
-    def _fault(self, fault: dict) -> tuple[int, dict, bytes] | None:
+    @staticmethod
+    def _fault(fault: dict) -> tuple[int, dict, bytes] | None:
         kind = fault["kind"]
         if kind == "429":
             wait = fault.get("retry_after", 1)

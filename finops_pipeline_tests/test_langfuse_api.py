@@ -166,9 +166,9 @@ def test_the_rate_limiter_never_hands_out_two_slots_within_its_interval():
     """Eight threads asking at once get slots 250 ms apart: the k-th returns no earlier than k intervals after
     the limiter began (late is possible on a busy machine, early never)."""
     began = time.monotonic()
-    limiter = RateLimiter(240, threading.Event())
+    limiter, stop = RateLimiter(240), threading.Event()
     returned: list[float] = []
-    threads = [threading.Thread(target=lambda: (limiter.acquire(), returned.append(time.monotonic())))
+    threads = [threading.Thread(target=lambda: (limiter.acquire(stop), returned.append(time.monotonic())))
                for _ in range(8)]
     for thread in threads:
         thread.start()
@@ -251,11 +251,13 @@ def test_a_server_that_keeps_failing_fails_the_run_naming_the_window(settings, d
     assert "page 1" in message and "HTTP 503" in message
 
 
-def test_a_server_without_the_v2_api_is_named_as_too_old(settings):
-    with LangfuseDouble([], v2=False) as old:
-        result = materialize_day(settings, selection=["langfuse_generations"], langfuse=langfuse_for(old))
+def test_a_host_without_either_api_is_named_as_not_langfuse(settings):
+    with LangfuseDouble([], v2=False) as not_langfuse:  # 404 on every route
+        result = materialize_day(settings, selection=["langfuse_generations"], langfuse=langfuse_for(not_langfuse))
     assert not result.success
-    assert "older than the v2 API" in _failure_message(result)
+    message = _failure_message(result)
+    assert "answers 404 to both /api/public/v2/observations and /api/public/observations" in message
+    assert "Check LANGFUSE_HOST" in message
 
 
 def test_the_secret_key_never_reaches_logs_events_metadata_or_errors(settings, double, monkeypatch, caplog):

@@ -165,6 +165,24 @@ def test_unpriced_models_are_priced_from_the_table_or_counted(settings):
     assert not unpriced.passed and "acme-llama-ft" in unpriced.description
 
 
+
+@pytest.mark.parametrize("ext", ["jsonl.gz", "csv.gz", "parquet"])
+def test_a_total_cost_of_zero_beside_no_cost_details_is_no_price_not_a_free_call(settings, ext):
+    """In the events table (observations_v2, the v2 API) total_cost is an alias of cost_details['total'], which
+    ClickHouse reads as 0 where Langfuse had no price: that 0 is unknown, not a price."""
+    cover_day(settings, {12: [
+        generation("no-price", "2026-11-21 12:00:00.000000", model="acme-llama-ft", cost=None, total_cost=0.0),
+        generation("table", "2026-11-21 12:01:00.000000", model="gpt-4o-mini-2024-07-18", cost=None, total_cost=0.0,
+                   usage={"input": 1_000_000, "output": 1_000_000, "total": 2_000_000}),
+        generation("free", "2026-11-21 12:02:00.000000", model="acme-llama-ft", cost=0.0),  # priced at $0 by Langfuse
+        generation("details", "2026-11-21 12:03:00.000000", cost=None, total_cost=0.0,
+                   cost_details={"input": 0.25, "output": 0.5}),  # no total key: the sum of the details
+    ]}, ext=ext)
+    assert materialize_day(settings, selection=STAGE).success
+    rows = {r[0]: r[1:] for r in query(settings, "SELECT observation_id, cost_source, cost_usd FROM langfuse_generations")}
+    assert rows == {"no-price": ("unpriced", None), "table": ("price_table", usd("0.75")),
+                    "free": ("langfuse", usd("0")), "details": ("langfuse", usd("0.75"))}
+
 BAD_LINES = {
     "malformed line: not a JSON object": '{"id": "broken", "start_time": "2026-11-21 13:00:00"',
     "usage_details.output is not a non-negative whole number": generation(
@@ -178,7 +196,6 @@ BAD_LINES = {
 
 
 def test_bad_rows_are_quarantined_with_file_line_and_reason_not_fatal(settings):
-    import json
 
     start, _ = day_window()
     good = generation("good", "2026-11-21 13:30:00.000000")
@@ -317,7 +334,6 @@ def test_rerun_replaces_the_partition_and_keeps_other_days(settings):
 
 def test_rows_after_a_blank_line_are_quarantined_with_their_physical_line(settings):
     """The fast JSON reader skips blank lines, so a file with rows to quarantine is re-read line by line."""
-    import json
 
     start, _ = day_window()
     cover_day(settings)

@@ -9,7 +9,7 @@ import pytest
 from finops_pipeline import pricing
 from finops_pipeline.money import usd
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.sources.langfuse_export import list_export_files
+from finops_pipeline.sources.export_listing import list_export_files
 from finops_pipeline.sources.provider_billing import (
     BillingError,
     openai_line_item,

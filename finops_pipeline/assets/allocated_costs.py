@@ -16,7 +16,7 @@ SELECT day, allocation, provider, coalesce(model, 'unknown') AS model,
        sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cached_tokens) AS cached_tokens,
        sum(cache_write_tokens) AS cache_write_tokens, sum(reasoning_tokens) AS reasoning_tokens,
        sum(total_tokens) AS total_tokens,
-       coalesce(sum(cost_usd), 0) AS cost_usd
+       coalesce(sum(cost_usd), 0) AS cost_usd, project_id
 FROM langfuse_generations
 WHERE day = $day
 GROUP BY ALL

@@ -1,29 +1,21 @@
 """langfuse_generations: the day's cost-carrying observations, one row per generation, in DuckDB.
 
-Read from the Langfuse API v2 when keys are set (resources.py), else from the blob export; both land in
-`scratch.observations` and go through the same validation, dedup, pricing, allocation and quarantine.
+Read from the Langfuse API when keys are set (resources.py), else from the blob export (extraction.py); every
+source lands in the scratch tables and goes through the same validation, dedup, pricing, allocation and
+quarantine.
 """
 
-import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import date
 import dagster as dg
-import duckdb
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from finops_pipeline.completeness import COMPLETENESS_CHECK, api_completeness, export_completeness, uncovered_day_message
+from finops_pipeline.completeness import COMPLETENESS_CHECK
+from finops_pipeline.extraction import extract_from_api, extract_from_export
 from finops_pipeline.generations import UNALLOCATED, generations_sql, prepare_day
 from finops_pipeline.money import usd
-from finops_pipeline.partitions import daily_check, daily_partitions, day_bounds, partition_day
+from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
 from finops_pipeline.resources import LangfuseApiResource
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.sources.langfuse_api import LangfuseApiError
-from finops_pipeline.sources.langfuse_export import coverage, list_export_files
-from finops_pipeline.sources.object_storage import ExportLocationError, fetch, locate
-from finops_pipeline.sources.observation_rows import ApiPageLoader, Rejected, read_observations
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
 ASSET = "langfuse_generations"
@@ -60,8 +52,8 @@ def langfuse_generations(
 ) -> dg.MaterializeResult:
     day = partition_day(context)
     with connect(duckdb) as conn:
-        extraction = (_extract_from_api(context, conn, langfuse, settings, day) if langfuse.configured
-                      else _extract_from_export(context, conn, settings, day))
+        extraction = (extract_from_api(context, conn, langfuse, settings, day) if langfuse.configured
+                      else extract_from_export(context, conn, settings, day))
         prepare_day(conn, day, settings.provider_map)
         if extraction.rejected:
             conn.executemany(
@@ -93,79 +85,9 @@ def langfuse_generations(
     }
     if quarantined:
         metadata["quarantine_sample"] = dg.MetadataValue.md(quarantine_sample.to_markdown(index=False))
+    stats["without_trace"] = extraction.metadata.get("generations_without_trace", 0)
     checks = [unallocated_check(stats, settings), unpriced_check(stats, settings), complete]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
-
-
-@dataclass
-class Extraction:
-    """What a source loaded into scratch.observations, besides the rows, and how to prove it whole."""
-
-    rejected: list[Rejected]
-    metadata: dict
-    # (conn, day) -> the extraction_complete result, once the rows are in scratch.observations
-    completeness: Callable[[duckdb.DuckDBPyConnection, date], dg.AssetCheckResult]
-
-
-def _extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: FinopsSettings, day: date) -> Extraction:
-    start, end = day_bounds(day)
-    export_dir = settings.langfuse_export_dir
-    try:
-        listing = list_export_files(export_dir)
-    except ExportLocationError as exc:
-        raise dg.Failure(str(exc)) from None
-    gaps = [c for c in coverage(listing.files, start, end) if c.holes]
-    if gaps or not listing.files:
-        raise dg.Failure(uncovered_day_message(export_dir, day, gaps))
-    files = [f for f in listing.files if f.overlaps(start, end)]
-    for path in listing.unlisted:
-        context.log.warning(f"Skipped {path}: no manifest lists it yet (Langfuse may still be writing it).")
-    for path, why in listing.unreadable_manifests:
-        context.log.warning(f"Skipped manifest {path}: {why}")
-    location = locate(export_dir)
-    # A bucket's objects for the day are copied next to the warehouse and read there (object_storage.py)
-    with tempfile.TemporaryDirectory(prefix="export-", dir=settings.home) as folder:
-        try:
-            copies = fetch(location, [f.path for f in files], folder)
-        except ExportLocationError as exc:
-            raise dg.Failure(str(exc)) from None
-        files = [replace(f, local=copies[f.path]) if location.remote else f for f in files]
-        rejected = read_observations(conn, files, settings.vocabulary)
-    return Extraction(rejected, {"source": f"blob export {export_dir}", "files_read": len(files),
-                                 "files_skipped_unlisted": len(listing.unlisted)},
-                      lambda conn, day: export_completeness(conn, files, rejected))
-
-
-def _extract_from_api(context, conn: duckdb.DuckDBPyConnection, langfuse: LangfuseApiResource,
-                      settings: FinopsSettings, day: date) -> Extraction:
-    start, end = day_bounds(day)
-    loader = ApiPageLoader(conn, settings.vocabulary)
-    started = time.monotonic()
-    with langfuse.client() as api:
-        context.log.info(f"Reading {day} from Langfuse at {api.host}: {langfuse.windows} windows, "
-                         f"{langfuse.concurrency} at once, at most {langfuse.requests_per_minute:g} requests/min.")
-        try:
-            stats = api.fetch_observations(start, end, loader, windows=langfuse.windows,
-                                           concurrency=langfuse.concurrency,
-                                           metadata_keys=[*settings.allocation_keys, *settings.metadata_aliases])
-            loader.flush()
-        except LangfuseApiError as exc:
-            raise dg.Failure(str(exc)) from None
-        seconds = time.monotonic() - started
-        try:
-            totals, unavailable = api.totals(start, end), None
-        except LangfuseApiError as exc:
-            totals, unavailable = None, str(exc)
-    if stats.retries or stats.windows_split:
-        context.log.warning(f"Langfuse API: {stats.retries} retries ({stats.rate_limited} rate-limited), "
-                            f"{stats.windows_split} windows split after server timeouts.")
-    return Extraction([], {
-        "source": f"langfuse api {api.host}",
-        "api_requests": stats.requests, "api_pages": stats.pages, "api_retries": stats.retries,
-        "api_retry_reasons": ", ".join(f"{why} ×{n}" for why, n in stats.retry_reasons.most_common()) or "none",
-        "api_rate_limited": stats.rate_limited, "api_windows_split": stats.windows_split,
-        "api_fetch_seconds": round(seconds, 2),
-    }, lambda conn, day: api_completeness(conn, day, totals, unavailable, settings.completeness_tolerance_pct))
 
 
 def generation_stats(conn, day, keys: list[str]) -> dict:
@@ -230,6 +152,8 @@ def unallocated_check(stats: dict, settings: FinopsSettings) -> dg.AssetCheckRes
         description=(
             f"{worst:.1f}% of ${usd(total)} has no `{worst_key}` "
             f"({'within' if passed else 'above'} the {settings.unallocated_warn_share_pct:g}% threshold)"
+            + (f"; {stats['without_trace']:,} generations found no trace, so their trace-level keys are unknown"
+               if stats.get("without_trace") else "")
         ),
         metadata={
             "worst_key": worst_key,

@@ -129,7 +129,8 @@ def _generation(rng: random.Random, day: date, moment: datetime, obs_id: str) ->
         "model_id": None,
         "usage_details": usage,
         "cost_details": cost_details,
-        "total_cost": cost_details.get("total"),
+        # the events table's total_cost is cost_details['total']: 0, not null, when Langfuse had no price
+        "total_cost": cost_details.get("total", 0.0),
         "prompt_name": prompt,
         "prompt_version": rng.choice([3, 4]),
         "tags": tags,
@@ -217,44 +218,62 @@ def _iso(moment: datetime) -> str:
 
 
 def write_export_file(export_dir: Path, lo: datetime, hi: datetime, rows: list[dict], ext: str = "jsonl.gz",
-                      extra_lines: tuple[str, ...] = (), manifest: bool = True, project_id: str = PROJECT_ID) -> Path:
+                      extra_lines: tuple[str, ...] = (), manifest: bool = True, project_id: str = PROJECT_ID,
+                      table: str = "observations_v2") -> Path:
     """One export run as Langfuse writes it: the file for the window [lo, hi] (named after hi), then its
     manifest. `extra_lines` are appended raw to a JSONL file (to write what a broken writer would)."""
-    table_dir = export_dir / project_id / "observations_v2"
+    path = write_table_file(export_dir / project_id / table, hi, rows, ext, extra_lines)
+    if manifest:  # Langfuse counts the rows it wrote (a line damaged since is still one); Parquet it cannot count
+        count = len(rows) + sum(1 for line in extra_lines if line.strip())
+        write_manifest(export_dir, project_id, lo, hi, [(path, None if ext == "parquet" else count)])
+    return path
+
+
+def write_table_file(table_dir: Path, hi: datetime, rows: list[dict], ext: str, extra_lines: tuple[str, ...] = (),
+                     writers: dict | None = None) -> Path:
+    """The file of one table for the window ending at `hi`, in the format `ext`; `writers` (ext -> function)
+    replace the enriched layout's."""
     table_dir.mkdir(parents=True, exist_ok=True)
-    stamp = hi.strftime("%Y-%m-%dT%H-%M-%S")
-    path = table_dir / f"{stamp}.{ext}"
+    path = table_dir / f"{hi.strftime('%Y-%m-%dT%H-%M-%S')}.{ext}"
     if ext in ("jsonl.gz", "jsonl"):
         _write_jsonl_gz(path, rows, extra_lines)
     elif extra_lines:
         raise ValueError(f"raw extra lines only go into JSONL files, not {ext}")
     else:
-        {"parquet": _write_parquet, "csv.gz": _write_csv_gz}[ext](path, rows)
-    if manifest:  # Langfuse counts the rows it wrote (a line damaged since is still one); Parquet it cannot count
-        count = len(rows) + sum(1 for line in extra_lines if line.strip())
-        write_manifest(export_dir, project_id, lo, hi, path, None if ext == "parquet" else count)
+        ({"parquet": _write_parquet, "csv.gz": _write_csv_gz} | (writers or {}))[ext](path, rows)
     return path
 
 
-def write_manifest(export_dir: Path, project_id: str, lo: datetime, hi: datetime, path: Path,
-                   row_count: int | None) -> None:
-    """The manifest Langfuse writes last for the export run of window [lo, hi] that wrote `path`."""
-    ext = path.name.split(".", 1)[1]
+def write_manifest(export_dir: Path, project_id: str, lo: datetime, hi: datetime, files: list[tuple[Path, int | None]],
+                   source: str = "EVENTS") -> None:
+    """The manifest Langfuse writes last for the export run of window [lo, hi] that wrote `files` (each with
+    its row count; None for Parquet). A run of source TRACES_OBSERVATIONS_EVENTS writes both layouts and one
+    manifest: a second call for the same window adds its files to the first's."""
     manifest_dir = export_dir / project_id / "manifests"
     manifest_dir.mkdir(parents=True, exist_ok=True)
+    path = manifest_dir / f"{hi.strftime('%Y-%m-%dT%H-%M-%S')}.json"
+    earlier = json.loads(path.read_text()) if path.exists() else None
+    if earlier and earlier["window"]["minTimestamp"] == _iso(lo) and earlier["exportSource"] != source:
+        source = "TRACES_OBSERVATIONS_EVENTS"
+    entries = earlier["files"] if earlier and earlier["window"]["minTimestamp"] == _iso(lo) else []
+    entries = [e for e in entries if e["table"] not in {file.parent.name for file, _ in files}]
+    for file, row_count in files:
+        ext = file.name.split(".", 1)[1]
+        entries.append({"key": f"{project_id}/{file.parent.name}/{file.name}", "table": file.parent.name,
+                        "fileType": ext, "format": ext.replace(".gz", "-gzip"), "compressed": ext.endswith(".gz"),
+                        "contentType": "application/gzip" if ext.endswith(".gz") else "application/octet-stream",
+                        "sizeBytes": file.stat().st_size, "rowCount": row_count})
     body = {
-        "version": 1, "projectId": project_id, "exportSource": "EVENTS",
+        "version": 1, "projectId": project_id, "exportSource": source,
         "window": {"minTimestamp": _iso(lo), "maxTimestamp": _iso(hi)}, "maxTimestamp": _iso(hi),
-        "createdAt": _iso(hi + timedelta(minutes=20)), "tables": ["observations_v2"],
-        "files": [{"key": f"{project_id}/observations_v2/{path.name}", "table": "observations_v2",
-                   "fileType": ext, "format": ext.replace(".gz", "-gzip"), "compressed": ext.endswith(".gz"),
-                   "contentType": "application/gzip" if ext.endswith(".gz") else "application/octet-stream",
-                   "sizeBytes": path.stat().st_size, "rowCount": row_count}],
+        "createdAt": _iso(hi + timedelta(minutes=20)), "tables": sorted({e["table"] for e in entries}),
+        "files": entries,
     }
-    (manifest_dir / f"{hi.strftime('%Y-%m-%dT%H-%M-%S')}.json").write_text(json.dumps(body, indent=2) + "\n")
+    path.write_text(json.dumps(body, indent=2) + "\n")
 
 
-def write_export_day(export_dir: Path, day: date, rows: list[dict], seed: int, corrupt_line: bool = False) -> None:
+def write_export_day(export_dir: Path, day: date, rows: list[dict], seed: int, corrupt_line: bool = False,
+                     project_id: str = PROJECT_ID) -> None:
     """24 hourly export runs for `day` (the `seed`-th of the sample), each window [h, h+1h] inclusive. The
     last also holds the next day's midnight row: a row on a window bound is exported twice."""
     start = datetime(day.year, day.month, day.day)
@@ -266,7 +285,7 @@ def write_export_day(export_dir: Path, day: date, rows: list[dict], seed: int, c
             window.append(next_midnight)
         broken = ('{"id":"obs-truncated","start_time":"' + _ts(lo) + '","usage_details":{"inp',)
         write_export_file(export_dir, lo, hi, window, {6: "parquet", 12: "csv.gz"}.get(hour, "jsonl.gz"),
-                          extra_lines=broken if corrupt_line and hour == 9 else ())
+                          extra_lines=broken if corrupt_line and hour == 9 else (), project_id=project_id)
 
 
 def _billed_lines(day: date, rows: list[dict], overbill: bool, rng: random.Random) -> dict[str, dict[tuple[str, str], Decimal]]:

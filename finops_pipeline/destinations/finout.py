@@ -44,6 +44,8 @@ def dimension_expressions(allocation_keys: list[str], hashed: list[str]) -> dict
         "service_name": f"CASE WHEN source = 'invoice' THEN '{UNATTRIBUTED}' ELSE {service} END",
         "provider": "provider",
         "model": "model",
+        # the Langfuse project; none on an invoice's unattributed row (or a row staged before version 4)
+        "project_id": f"coalesce(project_id, CASE WHEN source = 'invoice' THEN '{UNATTRIBUTED}' ELSE 'unknown' END)",
     }
     for key in allocation_keys:  # keys are validated identifiers (settings.py): safe to inline
         value = f"allocation['{key}']"

@@ -1,15 +1,17 @@
-"""Langfuse's public API v2: a day's observations, page by page, and the server's own totals of the day.
+"""The HTTP client both Langfuse API paths share (sources/api_v2.py, sources/api_legacy.py): keys, rate limit,
+retries, time windows fetched concurrently, and the server's own totals of a time range.
 
-HTTP and Langfuse only (no Dagster, no DuckDB). One cursor chain is sequential, so the day is split into
-disjoint time windows fetched concurrently, all sharing one rate limiter set by the Langfuse plan.
+HTTP and Langfuse only (no Dagster, no DuckDB). The day is split into disjoint time windows fetched
+concurrently, all sharing one rate limiter set by the Langfuse plan (one per organisation: every project of
+it draws on the same limit).
 Transient failures (429, 5xx, timeouts, dropped connections, a body that is not the JSON promised) are
 retried with exponential backoff and jitter, or after the server's `Retry-After`, up to a bounded time;
 a window the server cannot query in time (422 "Request timed out") is split in two and fetched again.
 Anything a user must fix (keys, host, server version) fails at once with a message that says so.
 
-Each page's body goes, unparsed, to the caller's `load_page`, which parses it where its rows go and
-returns the page's `meta.cursor`. DuckDB parses a page several times faster than Python can, and
-without holding the GIL that the concurrent windows share.
+Each page's body goes, unparsed, to the caller's `load_page` (sources/api_pages.py), which parses it where its
+rows go. DuckDB parses a page several times faster than Python can, and without holding the GIL that the
+concurrent windows share.
 
 The keys live only in the HTTP client's Basic auth: no message, log line or exception carries them.
 """
@@ -34,11 +36,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from finops_pipeline.sources.http import error_message, retry_after, seconds_until, without_userinfo
 
 DEFAULT_HOST = "https://cloud.langfuse.com"
-OBSERVATIONS_PATH = "/api/public/v2/observations"
-METRICS_PATH = "/api/public/v2/metrics"
-# Everything cost allocation needs; never `io` (prompt and completion text).
-FIELD_GROUPS = "core,basic,model,usage,metadata,prompt,trace_context"
-PAGE_SIZE = 1000  # the API's maximum
+PROJECTS_PATH = "/api/public/projects"
 # Observation types that can carry a model, usage and cost: Langfuse's "generation-like" types, all but
 # SPAN and EVENT (packages/shared/src/domain/observations.ts). Spans and events are most of a trace's
 # observations and none of its cost, so they are not fetched.
@@ -51,12 +49,30 @@ class LangfuseApiError(RuntimeError):
     """A failure to act on. The message names the host, the window and the reason, never a key."""
 
 
+class EndpointMissing(LangfuseApiError):
+    """HTTP 404 on an endpoint: the server is a version without it."""
+
+
+class BadRequest(LangfuseApiError):
+    """HTTP 400: the server rejected a parameter (`message` says which)."""
+
+    def __init__(self, text: str, message: str):
+        super().__init__(text)
+        self.message = message
+
+
 class MalformedPage(ValueError):
-    """Raised by `load_page` when a 200 response is not a v2 observations page (e.g. truncated JSON)."""
+    """Raised by `load_page` when a 200 response is not the page promised (e.g. truncated JSON)."""
 
 
-# (where, window, body) -> the page's meta.cursor, None on the last page. Called from worker threads.
+class ServerTimedOut(Exception):
+    """422 "Request timed out": the window holds too much for one query."""
+
+
+# (where, window, body) -> what the page's `meta` says of what follows (a cursor, a count). Called from worker threads.
 LoadPage = Callable[[str, "Window", str], "str | None"]
+# A unit of work for `LangfuseApi.run`: fetch something, return the work it leaves (pages after it, halves).
+Task = Callable[[], "list[Task]"]
 
 
 @dataclass(frozen=True)
@@ -67,15 +83,18 @@ class Window:
     end: datetime
 
     def __str__(self) -> str:
-        return f"{_iso(self.start)}..{_iso(self.end)}"
+        return f"{iso(self.start)}..{iso(self.end)}"
 
     def halves(self) -> list[Window]:
         return Window.split(self.start, self.end, 2)
 
     @classmethod
     def split(cls, start: datetime, end: datetime, parts: int) -> list[Window]:
+        """`parts` windows of about equal width. Bounds inside fall on whole milliseconds, the precision the
+        API takes (`iso`): a window's request asks exactly for the rows its loader keeps."""
         step = (end - start) / parts
-        bounds = [start + step * i for i in range(parts)] + [end]
+        inner = [start + step * i for i in range(1, parts)]
+        bounds = sorted({start, end, *(b - timedelta(microseconds=b.microsecond % 1000) for b in inner)})
         return [cls(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
@@ -112,23 +131,25 @@ class RateLimiter:
     """Spaces requests evenly at `per_minute` across all threads, and holds them all when the server says so.
 
     Langfuse counts requests per organisation and minute; evenly spaced requests never exceed it. A
-    429's `Retry-After`, or `X-RateLimit-Remaining: 0`, holds every window, not just the one told.
+    429's `Retry-After`, or `X-RateLimit-Remaining: 0`, holds every window (of every project sharing the
+    limiter), not just the one told.
     """
 
-    def __init__(self, per_minute: float, stop: threading.Event):
+    def __init__(self, per_minute: float):
+        self.per_minute = per_minute
         self._interval = 60.0 / per_minute if per_minute > 0 else 0.0
         self._next = time.monotonic()
         self._hold_until = 0.0
         self._lock = threading.Lock()
-        self._stop = stop
 
-    def acquire(self) -> None:
+    def acquire(self, stop: threading.Event) -> None:
+        """Wait for a slot; `stop` set while waiting cancels (raises _Cancelled)."""
         while True:
             with self._lock:
                 now = time.monotonic()
                 at = max(now, self._next, self._hold_until)
                 self._next = at + self._interval
-            _sleep(at - now, self._stop)
+            _sleep(at - now, stop)
             with self._lock:  # a hold that came while this slot was waiting: queue again behind it
                 if time.monotonic() >= self._hold_until:
                     return
@@ -142,10 +163,6 @@ class _Retryable(Exception):
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
         self.retry_after = retry_after
-
-
-class _ServerTimedOut(Exception):
-    """422 "Request timed out": the window holds too much for one query."""
 
 
 class _Cancelled(Exception):
@@ -164,15 +181,34 @@ class _MetricsResponse(BaseModel):
     data: list[dict[str, Any]]
 
 
-class LangfuseApi:
-    """A client of one Langfuse project (the keys name it). Thread-safe; use as a context manager."""
+class _Organization(BaseModel):
+    id: str
 
-    def __init__(self, host: str, public_key: str, secret_key: str, *, requests_per_minute: float = 1000,
-                 timeout_seconds: float = 60, give_up_after_seconds: float = 600, backoff_seconds: float = 1,
-                 transport: httpx.BaseTransport | None = None):
+
+class _Project(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    organization: _Organization | None = None  # since Langfuse v3.143
+
+
+class _Projects(BaseModel):
+    data: list[_Project]
+
+
+class LangfuseApi:
+    """A client of one Langfuse project (the keys name it). Thread-safe; use as a context manager.
+
+    `keys`: where the key pair comes from (e.g. "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY"), for messages.
+    `limiter`: the organisation's, when several projects share its plan; else one of `requests_per_minute`.
+    """
+
+    def __init__(self, host: str, public_key: str, secret_key: str, *, keys: str = "the API keys",
+                 requests_per_minute: float = 1000, limiter: RateLimiter | None = None, timeout_seconds: float = 60, give_up_after_seconds: float = 600,
+                 backoff_seconds: float = 1, transport: httpx.BaseTransport | None = None):
         self.host = without_userinfo(host.rstrip("/"))  # it names the server in every message
+        self.keys = keys  # where the keys come from (variable names, never values), for messages
         self._stop = threading.Event()
-        self._limiter = RateLimiter(requests_per_minute, self._stop)
+        self.limiter = limiter or RateLimiter(requests_per_minute)
         self._give_up_after = give_up_after_seconds
         self._backoff = tenacity.wait_exponential_jitter(multiplier=backoff_seconds, max=60, jitter=backoff_seconds)
         self._http = httpx.Client(
@@ -188,77 +224,57 @@ class LangfuseApi:
     def __exit__(self, *exc) -> None:
         self._http.close()
 
-    # --- observations ------------------------------------------------------------------------------
-    def fetch_observations(self, start: datetime, end: datetime, load_page: LoadPage, *, windows: int = 24,
-                           concurrency: int = 8, metadata_keys: Sequence[str] = ()) -> FetchStats:
-        """Every cost-carrying observation that started in [start, end), page by page into `load_page`.
-
-        `windows` cursor chains, `concurrency` of them at once. The first failure that cannot be retried
-        stops the others and is raised as a LangfuseApiError.
-        """
-        params = {"limit": PAGE_SIZE, "fields": FIELD_GROUPS, "filter": _json([_TYPE_FILTER])}
-        if metadata_keys:
-            params["expandMetadata"] = ",".join(metadata_keys)  # so their values are not cut at 200 characters
+    # --- work in parallel ---------------------------------------------------------------------------
+    def run(self, tasks: Sequence[Task], concurrency: int) -> None:
+        """Run `tasks`, `concurrency` at once, and the tasks each returns, until none is left. The first failure
+        that cannot be retried stops the others (a request waiting on them raises _Cancelled, and its task
+        ends with nothing more) and is raised."""
         self._stop.clear()
-        with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="langfuse-window") as pool:
-            pending = {pool.submit(self._fetch_window, w, params, load_page) for w in Window.split(start, end, windows)}
+        with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="langfuse") as pool:
+            pending = {pool.submit(self._unless_cancelled, task) for task in tasks}
             try:
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
-                        for half in future.result():  # a window the server timed out on comes back halved
-                            pending.add(pool.submit(self._fetch_window, half, params, load_page))
+                        pending |= {pool.submit(self._unless_cancelled, task) for task in future.result()}
             except BaseException:
                 self._stop.set()
                 raise
-        return self.stats
 
-    def _fetch_window(self, window: Window, params: dict, load_page: LoadPage) -> list[Window]:
-        """Follow one window's cursor chain to its last page. Returns the halves to fetch instead when
-        the server timed out on it (rows already loaded are fetched again; they are deduped by id)."""
-        cursor, number = None, 0
-        while True:
-            number += 1
-            where = f"{OBSERVATIONS_PATH} {window} page {number}"
-            query = {**params, "fromStartTime": _iso(window.start), "toStartTime": _iso(window.end)}
-            if cursor:
-                query["cursor"] = cursor
-            try:
-                next_cursor = self._with_retries(where, lambda: load_page(where, window, self._get(OBSERVATIONS_PATH, query)))
-            except _Cancelled:
-                return []
-            except _ServerTimedOut:
-                if window.end - window.start <= SMALLEST_WINDOW:
-                    raise LangfuseApiError(
-                        f"Langfuse at {self.host} timed out (422) on {where}, a window already down to "
-                        f"{SMALLEST_WINDOW.total_seconds():g} s: the server cannot serve this day; check its database.") from None
-                self.stats.add(windows_split=1)
-                return window.halves()
-            self.stats.add(pages=1)
-            if not next_cursor:
-                return []
-            if next_cursor == cursor:
-                raise LangfuseApiError(f"Langfuse at {self.host} returned the same cursor twice on {where}: "
-                                       "stopping rather than looping.")
-            cursor = next_cursor
+    @staticmethod
+    def _unless_cancelled(task: Task) -> list[Task]:
+        try:
+            return task()
+        except _Cancelled:
+            return []
+
+    def split(self, window: Window, where: str) -> list[Window]:
+        """The halves of a window the server timed out on; a failure when it cannot be split further."""
+        if window.end - window.start <= SMALLEST_WINDOW:
+            raise LangfuseApiError(
+                f"Langfuse at {self.host} timed out (422) on {where}, a window already down to "
+                f"{SMALLEST_WINDOW.total_seconds():g} s: the server cannot serve this day; check its database.")
+        self.stats.add(windows_split=1)
+        return window.halves()
 
     # --- the server's own totals --------------------------------------------------------------------
-    def totals(self, start: datetime, end: datetime) -> ServerTotals:
-        """Count and summed totalCost of the cost-carrying observations that started in [start, end),
-        from the metrics API (which has its own, much lower, rate limit: one call a day is the budget)."""
+    def totals(self, path: str, start: datetime, end: datetime, types: Sequence[str] = COST_TYPES) -> ServerTotals:
+        """Count and summed totalCost of the observations of `types` that started in [start, end), from a
+        metrics API (`path`: /api/public/v2/metrics, or /api/public/metrics on older servers; both take this
+        query). Its rate limit is much lower than the other endpoints': one call a day is the budget."""
         query = {
             "view": "observations",
             "dimensions": [],
             "metrics": [{"measure": "count", "aggregation": "count"}, {"measure": "totalCost", "aggregation": "sum"}],
-            "filters": [_TYPE_FILTER],
+            "filters": [{"type": "stringOptions", "column": "type", "operator": "any of", "value": list(types)}],
             "timeDimension": {"granularity": "day"},
-            "fromTimestamp": _iso(start),
+            "fromTimestamp": iso(start),
             # Unlike the observations API, metrics include `toTimestamp`: stop just before `end`.
-            "toTimestamp": _iso(end - timedelta(microseconds=1), "microseconds"),
+            "toTimestamp": iso(end - timedelta(microseconds=1), "microseconds"),
             "config": {"row_limit": 1000},  # the default of 100 would cut results silently
         }
-        where = f"{METRICS_PATH} {Window(start, end)}"
-        body = self._with_retries(where, lambda: self._get(METRICS_PATH, {"query": _json(query)}))
+        where = f"{path} {Window(start, end)}"
+        body = self.get(path, {"query": as_json(query)}, where)
         try:
             rows = _MetricsResponse.model_validate_json(body).data
             count = sum(int(_number(row.get("count_count"), "count_count")) for row in rows)
@@ -266,6 +282,22 @@ class LangfuseApi:
         except (ValidationError, ValueError) as exc:
             raise LangfuseApiError(f"Langfuse at {self.host}: {where} is not a metrics response: {str(exc)[:300]}") from None
         return ServerTotals(count, cost)
+
+    def project(self) -> tuple[str, str | None]:
+        """(project id, organisation id or None) of the keys, from GET /api/public/projects (the organisation
+        since Langfuse v3.143): projects of one organisation share its rate limit."""
+        body = self.get(PROJECTS_PATH, {}, PROJECTS_PATH)
+        try:
+            [project] = _Projects.model_validate_json(body).data
+        except (ValidationError, ValueError) as exc:
+            raise LangfuseApiError(f"Langfuse at {self.host}: {PROJECTS_PATH} is not one project of the keys: "
+                                   f"{str(exc)[:300]}") from None
+        return project.id, project.organization.id if project.organization else None
+
+    def get(self, path: str, params: dict, where: str, load: Callable[[str], Any] | None = None) -> Any:
+        """GET `path`, retried as the module says; `load(body)` (default: the body itself) raising
+        MalformedPage retries it too. `where` names the request in messages."""
+        return self._with_retries(where, lambda: (load or str)(self._get(path, params)))
 
     # --- one request ------------------------------------------------------------------------------
     def _with_retries(self, where: str, attempt: Callable[[], Any]) -> Any:
@@ -300,7 +332,7 @@ class LangfuseApi:
         return self._backoff(state)
 
     def _get(self, path: str, params: dict) -> str:
-        self._limiter.acquire()
+        self.limiter.acquire(self._stop)
         self.stats.add(requests=1)
         try:
             response = self._http.get(path, params=params)
@@ -313,22 +345,22 @@ class LangfuseApi:
         message = error_message(response)
         if status == 429:
             wait_for = retry_after(response)
-            self._limiter.hold(wait_for)
+            self.limiter.hold(wait_for)
             self.stats.add(rate_limited=1)
             raise _Retryable(f"HTTP 429 rate limited: {message}; Retry-After {wait_for:g} s", wait_for)
         if status >= 500:
             raise _Retryable(f"HTTP {status}: {message}")
         if status == 422 and "timed out" in message.lower():
-            raise _ServerTimedOut()
+            raise ServerTimedOut()
         if status in (401, 403):
             raise LangfuseApiError(
                 f"Langfuse at {self.host} rejected the API keys (HTTP {status}: {message}). Check that "
-                "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY are a pair of the same project, and that "
-                "LANGFUSE_HOST is the region or server that project lives on.")
-        if status == 404 and path == OBSERVATIONS_PATH:
-            raise LangfuseApiError(
-                f"Langfuse at {self.host} has no {OBSERVATIONS_PATH} (HTTP 404): the server is older than the "
-                "v2 API. Upgrade it, or read the blob export instead (unset LANGFUSE_PUBLIC_KEY).")
+                f"{self.keys} are a pair of the same project, and that the host is the region or server that "
+                "project lives on (LANGFUSE_HOST).")
+        if status == 404:
+            raise EndpointMissing(f"Langfuse at {self.host} has no {path} (HTTP 404): the server is a version without it.")
+        if status == 400:
+            raise BadRequest(f"Langfuse at {self.host} refused {path} (HTTP 400): {message}", message)
         raise LangfuseApiError(f"Langfuse at {self.host} refused {path} (HTTP {status}): {message}")
 
     def _respect_rate_headers(self, response: httpx.Response) -> None:
@@ -339,18 +371,14 @@ class LangfuseApi:
             return
         reset = seconds_until(response.headers.get("X-RateLimit-Reset")) if spent else None
         if reset:
-            self._limiter.hold(min(reset, 60.0))
+            self.limiter.hold(min(reset, 60.0))
 
 
-# Only the types that carry cost: spans and events are most of a trace and none of its cost.
-_TYPE_FILTER = {"type": "stringOptions", "column": "type", "operator": "any of", "value": list(COST_TYPES)}
-
-
-def _json(value: Any) -> str:
+def as_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _iso(moment: datetime, timespec: str = "milliseconds") -> str:
+def iso(moment: datetime, timespec: str = "milliseconds") -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 

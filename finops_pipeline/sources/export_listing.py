@@ -1,10 +1,14 @@
-"""Read a Langfuse blob-storage export folder, exactly as Langfuse writes it.
+"""Where a Langfuse blob export's files are, which window each holds, and which to read for a day.
 
 Layout (langfuse/langfuse worker/src/features/blobstorage):
     {prefix}{projectId}/observations_v2/{maxTimestamp}.{jsonl.gz|jsonl|csv.gz|csv|json.gz|json|parquet}
-    {prefix}{projectId}/manifests/{maxTimestamp}.json      written last: the run's commit point
-The file name is the export window's *end* (`YYYY-MM-DDTHH-MM-SS`, UTC). A window selects rows by
-`start_time` with both bounds inclusive, so a row at exactly the bound sits in two files, and a day's
+    {prefix}{projectId}/observations/{maxTimestamp}.{...}   the legacy layout: observations without their
+    {prefix}{projectId}/traces/{maxTimestamp}.{...}         trace's user, session, tags and metadata
+    {prefix}{projectId}/manifests/{maxTimestamp}.json       written last: the run's commit point
+Export source `EVENTS` (Cloud, self-hosted v4) writes observations_v2; `TRACES_OBSERVATIONS` (self-hosted
+v3) writes observations and traces; `TRACES_OBSERVATIONS_EVENTS` writes all three. The file name is the
+export window's *end* (`YYYY-MM-DDTHH-MM-SS`, UTC). A window selects observations by `start_time` and
+traces by `timestamp`, both bounds inclusive, so a row at exactly the bound sits in two files, and a day's
 last rows sit in a file named after the next day's first minutes.
 
 Where a project has manifests, only files listed in one are read (an unlisted file may still be being
@@ -21,13 +25,17 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from finops_pipeline.sources.object_storage import ExportLocationError, Location, locate
 
-TABLE_DIRS = ("observations_v2", "observations")
+ENRICHED, LEGACY, TRACES = "observations_v2", "observations", "traces"
+TABLE_DIRS = (ENRICHED, LEGACY, TRACES)
+# A generation's trace may have started before the day, or been stamped after it: the legacy layout reads
+# the traces of the windows this far around the day.
+TRACE_MARGIN = timedelta(days=1)
 _NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})\.(jsonl\.gz|jsonl|csv\.gz|csv|json\.gz|json|parquet)$")
 
 
@@ -75,6 +83,16 @@ class ExportFile:
         return posixpath.basename(self.path)
 
     @property
+    def table(self) -> str:
+        """observations_v2, observations or traces: the folder it sits in."""
+        return posixpath.basename(posixpath.dirname(self.path))
+
+    @property
+    def project(self) -> str:
+        """The project folder (`{prefix}{projectId}`) it belongs to."""
+        return posixpath.dirname(posixpath.dirname(self.path))
+
+    @property
     def export(self) -> str:
         """The folder of the export this file belongs to (`{projectId}/{table}`): windows follow each other in it."""
         return posixpath.dirname(self.path)
@@ -93,35 +111,72 @@ class ExportFile:
 class Coverage:
     """What one export's windows say about a day: the span they cover, and the parts of the day they miss."""
 
-    export: str
+    export: str  # what was judged: `{projectId}/{layout}`
     first: datetime | None  # None: from the beginning (a first file with no manifest)
     last: datetime
     holes: list[tuple[datetime, datetime]]
 
 
-def coverage(files: list[ExportFile], start: datetime, end: datetime) -> list[Coverage]:
-    """Per export folder, the parts of the half-open day [start, end) that none of its windows cover.
-    Windows include both bounds (Langfuse selects `start_time >= min AND <= max`), so a window that starts
-    where the previous one ends leaves no hole. A first file without a manifest covers everything before
-    it: Langfuse's first run exports from the oldest row on."""
-    by_export: dict[str, list[ExportFile]] = {}
+def cover(label: str, files: list[ExportFile], start: datetime, end: datetime) -> Coverage:
+    """The parts of the half-open day [start, end) that none of the windows of `files` cover. Windows include
+    both bounds (Langfuse selects `start_time >= min AND <= max`), so a window that starts where the previous
+    one ends leaves no hole. A first file without a manifest covers everything before it: Langfuse's first
+    run exports from the oldest row on."""
+    windows = sorted(files, key=lambda f: (f.window_start is not None, f.window_start or f.window_end, f.window_end))
+    holes, reach = [], start
+    for f in windows:
+        if f.window_end < reach:
+            continue
+        if f.window_start is not None and f.window_start > reach and reach < end:
+            holes.append((reach, min(f.window_start, end)))
+        reach = max(reach, f.window_end)
+    if reach < end:
+        holes.append((reach, end))
+    first = None if windows[0].window_start is None else min(f.window_start for f in windows)
+    return Coverage(label, first, max(f.window_end for f in windows), holes)
+
+
+@dataclass(frozen=True)
+class DayPlan:
+    """The files to read for a day, and how each project's day is covered."""
+
+    files: list[ExportFile]  # legacy observations, then enriched ones (which win on an id in both), then traces
+    layouts: dict[str, str]  # project folder -> the layout read: observations_v2, observations, or both
+    gaps: list[Coverage]  # projects whose day no layout covers: the day cannot be read
+
+
+def plan_day(files: list[ExportFile], start: datetime, end: datetime) -> DayPlan:
+    """Per project, the observations of the day [start, end) from the first layout whose windows cover it:
+    the enriched `observations_v2` (complete rows), else the legacy `observations` with the `traces` of the
+    windows within TRACE_MARGIN of the day, else both (an export switched from one to the other that day;
+    the enriched row wins on an id in both). An export of source TRACES_OBSERVATIONS_EVENTS holds the same
+    observations in both layouts: only the enriched ones are read. A project whose day no layout covers is
+    a gap, named with what covers it."""
+    by_project: dict[str, dict[str, list[ExportFile]]] = {}
     for f in files:
-        by_export.setdefault(f.export, []).append(f)
-    result = []
-    for export, windows in sorted(by_export.items()):
-        windows.sort(key=lambda f: (f.window_start is not None, f.window_start or f.window_end, f.window_end))
-        holes, reach = [], start
-        for f in windows:
-            if f.window_end < reach:
-                continue
-            if f.window_start is not None and f.window_start > reach and reach < end:
-                holes.append((reach, min(f.window_start, end)))
-            reach = max(reach, f.window_end)
-        if reach < end:
-            holes.append((reach, end))
-        first = None if windows[0].window_start is None else min(f.window_start for f in windows)
-        result.append(Coverage(export, first, max(f.window_end for f in windows), holes))
-    return result
+        by_project.setdefault(f.project, {}).setdefault(f.table, []).append(f)
+    legacy_files, enriched_files, trace_files, layouts, gaps = [], [], [], {}, []
+    for project, tables in sorted(by_project.items()):
+        enriched, legacy = tables.get(ENRICHED, []), tables.get(LEGACY, [])
+        if not enriched and not legacy:
+            continue  # traces (or scores) only: no observations to read
+        options = [(ENRICHED, enriched, [])] if enriched else []
+        options += [(LEGACY, [], legacy)] if legacy else []
+        options += [(f"{ENRICHED}+{LEGACY}", enriched, legacy)] if enriched and legacy else []
+        covered = next(((name, e, l) for name, e, l in options if not cover(name, e + l, start, end).holes), None)
+        if covered is None:
+            name, e, l = options[-1]
+            gaps.append(cover(f"{posixpath.basename(project)}/{name}", e + l, start, end))
+            continue
+        name, e, l = covered
+        layouts[project] = name
+        enriched_files += [f for f in e if f.overlaps(start, end)]
+        legacy_files += [f for f in l if f.overlaps(start, end)]
+        if l:
+            trace_files += [f for f in tables.get(TRACES, []) if f.overlaps(start - TRACE_MARGIN, end + TRACE_MARGIN)]
+    order = lambda f: (f.window_end, f.path)  # noqa: E731
+    return DayPlan(sorted(legacy_files, key=order) + sorted(enriched_files, key=order) + sorted(trace_files, key=order),
+                   layouts, gaps)
 
 
 @dataclass
@@ -156,8 +211,8 @@ def _tables(location: Location) -> dict[str, dict[str, list[str]]]:
 
 
 def list_export_files(export_dir: str) -> ExportListing:
-    """Every observation file of every project under `export_dir` (a folder or a bucket URL), with its
-    export window."""
+    """Every observation and trace file of every project under `export_dir` (a folder or a bucket URL), with
+    its export window."""
     location = locate(export_dir)
     try:
         found = location.fs.isdir(location.root)
