@@ -45,12 +45,14 @@ def export_dir(data: Path, n: int, fmt: str) -> Path:
     """The day's export for (n, fmt), written on first use; `.complete` marks a finished write."""
     folder = data / f"{n}" / fmt
     if not (folder / ".complete").exists():
-        sys.path.insert(0, str(BENCH))
-        from export_day import write_export_day
-
         started = time.perf_counter()
         print(f"  writing {n:,} generations as {fmt} to {folder} ...", flush=True)
-        write_export_day(folder, DAY, n, fmt)
+        # in a child: on Linux a child's peak RSS starts at its parent's when it forks, so a parent grown by
+        # writing the day would inflate every measurement after it
+        subprocess.run([sys.executable, "-c", "import sys; from export_day import write_export_day; from datetime "
+                        "import date; write_export_day(__import__('pathlib').Path(sys.argv[1]), "
+                        "date.fromisoformat(sys.argv[2]), int(sys.argv[3]), sys.argv[4])",
+                        str(folder), DAY.isoformat(), str(n), fmt], cwd=BENCH, check=True)
         (folder / ".complete").touch()
         print(f"  written in {time.perf_counter() - started:.0f} s", flush=True)
     return folder
