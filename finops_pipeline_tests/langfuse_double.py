@@ -94,6 +94,7 @@ class LangfuseDouble(HttpDouble):
         self.metrics_enabled = True  # False: the 404 of a server without the metrics API
         super().__init__()
         self._served = 0
+        self._parse = parse_obj_as  # the SDK whose models the responses must parse with
         self.projects = [Project(rows, public_key, secret_key, project_id, organization)]
 
     def add_project(self, rows: list[dict], public_key: str, secret_key: str, project_id: str,
@@ -258,7 +259,7 @@ class LangfuseDouble(HttpDouble):
             self._served += 1
             if (self._served - 1) % self.validate_every:
                 return
-        self._contract(model.__name__, lambda: parse_obj_as(model, json.loads(body)))
+        self._contract(model.__name__, lambda: self._parse(model, json.loads(body)))
 
 
 def api_row(obs_id: str, start_time: str, model: str | None = "gpt-4o-2024-08-06", cost: float | None = 0.01,

@@ -21,7 +21,6 @@ contract error.
 from __future__ import annotations
 
 import bisect
-import json
 import math
 from datetime import datetime, timezone
 
@@ -52,7 +51,8 @@ class LangfuseLegacyDouble(LangfuseDouble):
         super().__init__(rows, public_key, secret_key, v2=False, **options)
         self.version = version
         self.types = ALL_TYPES if version >= (3, 100) else OLD_TYPES
-        self.trace_times: dict[str, str] = {}  # trace id -> its timestamp, where not a second before its first row
+        self.trace_times: dict[str, str] = {}
+        self._parse = parse_obj_as  # the 4.x SDK's  # trace id -> its timestamp, where not a second before its first row
 
     def respond(self, path: str, query: dict[str, list[str]], headers) -> tuple[int, dict, bytes]:
         project = next((p for p in self.projects if p.authorization == headers.get("Authorization")), None)
@@ -201,11 +201,3 @@ class LangfuseLegacyDouble(LangfuseDouble):
         if "metrics" not in groups:
             out["totalCost"] = out["latency"] = -1
         return out
-
-    def _check(self, model, body: bytes) -> None:
-        with self._lock:
-            self._served += 1
-            if (self._served - 1) % self.validate_every:
-                return
-        self._contract(model.__name__, lambda: parse_obj_as(model, json.loads(body)))
-

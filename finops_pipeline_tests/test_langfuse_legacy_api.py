@@ -46,6 +46,21 @@ def test_a_day_through_the_legacy_api_equals_the_same_day_through_the_v2_api(set
     assert staged(settings) == staged(v2)  # row for row: user, session and tags came from the traces
 
 
+
+def test_a_trace_outside_the_day_is_looked_for_in_the_days_around_it_and_one_nowhere_is_counted(settings, legacy):
+    legacy.trace_times = {"t-g01000": "2026-11-22T00:10:00.000Z",  # stamped after the day: the next day's
+                          "t-g02000": "2026-11-18T09:00:00.000Z"}  # a long-running agent's: three days before
+    result = materialize_day(settings, selection=["langfuse_generations"], langfuse=langfuse_for(legacy))
+    assert result.success
+    assert materialization_metadata(result, "langfuse_generations")["generations_without_trace"] == 1
+    rows = dict(query(settings, "SELECT observation_id, user_id FROM langfuse_generations "
+                                "WHERE observation_id IN ('g01000', 'g02000')"))
+    assert rows == {"g01000": "u1", "g02000": None}
+    # the day's traces first, then, as some generations had none there, the day before and the day after
+    asked = {(q["fromTimestamp"], q["toTimestamp"]) for path, q in legacy.requests if path == "/api/public/traces"}
+    assert {("2026-11-21T00:00:00.000Z", "2026-11-22T00:00:00.000Z"), ("2026-11-20T00:00:00.000Z",
+            "2026-11-21T00:00:00.000Z"), ("2026-11-22T00:00:00.000Z", "2026-11-23T00:00:00.000Z")} <= asked
+
 @pytest.mark.parametrize("fault, reason", [
     ("429", "HTTP 429 rate limited"), ("503", "HTTP 503"), ("slow", "ReadTimeout"), ("drop", "RemoteProtocolError"),
     ("truncated", "malformed response body"), ("stray", None),

@@ -28,11 +28,14 @@ UNPRICED_CHECK = "unpriced_generations"
     group_name="ingestion",
     kinds={"langfuse", "duckdb"},
     description=(
-        "Generation-level tokens and cost for the day, from the Langfuse API v2 (when LANGFUSE_PUBLIC_KEY "
-        "and LANGFUSE_SECRET_KEY are set) or the Langfuse blob export: one row per observation that "
-        "carries cost or usage, deduped by id, priced from the price table where Langfuse had no price, "
-        "with the allocation keys resolved. Malformed rows go to the `quarantine` table with where they "
-        "came from and why. Never prompt or completion text. A day the export's windows do not cover fails."
+        "Generation-level tokens and cost for the day, from the Langfuse API (when LANGFUSE_PUBLIC_KEY and "
+        "LANGFUSE_SECRET_KEY are set, and for each LANGFUSE_PUBLIC_KEY_<NAME> pair: the v2 API, or the legacy "
+        "observations and traces on a server without it) or the Langfuse blob export (observations_v2, or the "
+        "legacy observations with their traces; local or in a bucket; every project folder): one row per "
+        "observation that carries cost or usage, deduped by project and id, priced from the price table where "
+        "Langfuse had no price, with the allocation keys resolved. Malformed rows go to the `quarantine` table "
+        "with where they came from and why. Never prompt or completion text. A day the export's windows do not "
+        "cover fails. Metadata says which path was read (`api_path`, `export_layout`)."
     ),
     partitions_def=daily_partitions,
     pool=WAREHOUSE_POOL,
@@ -42,9 +45,10 @@ UNPRICED_CHECK = "unpriced_generations"
         daily_check(UNPRICED_CHECK, ASSET,
                     description="Generations neither Langfuse nor the price table could price, wholly or in part."),
         daily_check(COMPLETENESS_CHECK, ASSET, blocking=True,
-                    description="The day was extracted whole: from the export, every file read as its manifest "
-                                "counts it; from the API, the day's count and cost match Langfuse's own totals "
-                                "(GET /api/public/v2/metrics). An ERROR stops the day's delivery."),
+                    description="The day was extracted whole: from the export, every observation and trace file "
+                                "read as its manifest counts it; from the API, each project's count and cost "
+                                "match Langfuse's own totals (GET /api/public/v2/metrics, or the v1 "
+                                "/api/public/metrics). An ERROR stops the day's delivery."),
     ],
 )
 def langfuse_generations(

@@ -14,16 +14,13 @@ TRACES_OBSERVATIONS), `observations/` and `traces/` side by side, in the shapes 
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import json
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 
-from finops_pipeline.demo.sample_data import PROJECT_ID, _midnight_row, write_manifest, write_table_file
+from finops_pipeline.demo.sample_data import PROJECT_ID, _midnight_row, _write_csv_gz, write_manifest, write_table_file
 
 PROMPT_TEXT = "SECRET PROMPT TEXT"  # never to be stored
 _TRACE_LEAD = timedelta(milliseconds=50)  # a trace begins this long before its generation
@@ -70,17 +67,7 @@ def trace(row: dict, timestamp: datetime) -> dict:
 def _csv_v3_150(path: Path, rows: list[dict]) -> None:
     """CSV as Langfuse v3.146-v3.156 wrote it: `escapeCsvField(JSON.stringify(value))` for every cell, so text
     is a JSON string literal inside the CSV quoting; null is written as ""."""
-    if not rows:
-        with gzip.open(path, "wt", encoding="utf-8"):
-            return
-    header = list(rows[0])
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([json.dumps("" if row.get(k) is None else row[k], separators=(",", ":")) for k in header])
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.write(buffer.getvalue())
+    _write_csv_gz(path, rows, cell=lambda value: json.dumps("" if value is None else value, separators=(",", ":")))
 
 
 _PARQUET = {

@@ -178,9 +178,14 @@ def _write_jsonl_gz(path: Path, rows: list[dict], extra_lines: tuple[str, ...] =
             f.write(line + "\n")
 
 
-def _write_csv_gz(path: Path, rows: list[dict]) -> None:
+def _cell(value) -> str:
+    """A CSV cell as Langfuse v3.157 and later write it: text as it is, objects and arrays as JSON."""
+    return "" if value is None else json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+def _write_csv_gz(path: Path, rows: list[dict], cell=_cell) -> None:
     """As Langfuse writes CSV: header from the first row (none for an empty window: the file is empty),
-    every cell quoted, objects and arrays as JSON."""
+    every cell quoted, each value as `cell` renders it."""
     if not rows:
         with gzip.open(path, "wt", encoding="utf-8"):
             return
@@ -189,8 +194,7 @@ def _write_csv_gz(path: Path, rows: list[dict]) -> None:
     writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
-        writer.writerow(["" if row.get(k) is None else json.dumps(row[k]) if isinstance(row.get(k), (dict, list))
-                         else row[k] for k in header])
+        writer.writerow([cell(row.get(k)) for k in header])
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.write(buffer.getvalue())
 
