@@ -40,7 +40,8 @@ def uncovered_day_message(export_dir: str, day: date, gaps: list[Coverage]) -> s
     parts = []
     for gap in gaps:
         holes = ", ".join(f"{_instant(a)} .. {_instant(b)}" for a, b in gap.holes)
-        parts.append(f"{gap.export} covers {_instant(gap.first)} .. {_instant(gap.last)}; not covered: {holes}")
+        span = "has no files" if gap.last is None else f"covers {_instant(gap.first)} .. {_instant(gap.last)}"
+        parts.append(f"{gap.export} {span}; not covered: {holes}")
     return (f"The Langfuse export does not cover {day}, so its cost is unknown (not $0) and nothing is "
             f"delivered: {'; '.join(parts)}. A day past the last window: re-run once the export has caught up. "
             "A day before the first: the export was started later (its start date or mode), so Langfuse never "
@@ -64,8 +65,8 @@ def export_completeness(conn: duckdb.DuckDBPyConnection, files: list[ExportFile]
     table, bad = [], []
     for rank, f in enumerate(files):
         rows, expected = read.get(rank, 0), f.row_count
-        problem = unreadable.get(rank) or ("" if expected is None or expected == rows
-                                           else f"{rows - expected:+,} rows against its manifest")
+        problem = ("listed in its manifest, missing from the export" if f.absent else unreadable.get(rank)) or (
+            "" if expected is None or expected == rows else f"{rows - expected:+,} rows against its manifest")
         table.append({"file": f.short, "rows read": rows,
                       "manifest rowCount": expected, "problem": problem})
         if problem:

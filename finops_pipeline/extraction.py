@@ -60,10 +60,10 @@ def extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: Fino
     # A bucket's objects for the day are copied next to the warehouse and read there (object_storage.py)
     with tempfile.TemporaryDirectory(prefix="export-", dir=settings.home) as folder:
         try:
-            copies = fetch(location, [f.path for f in plan.files], folder)
+            copies = fetch(location, [f.path for f in plan.files if not f.absent], folder)
         except ExportLocationError as exc:
             raise dg.Failure(str(exc)) from None
-        files = [replace(f, local=copies[f.path]) if location.remote else f for f in plan.files]
+        files = [replace(f, local=copies[f.path]) if location.remote and not f.absent else f for f in plan.files]
         rejected = read_files(conn, files, settings.vocabulary)
     layouts = sorted(set(plan.layouts.values()))
     metadata = {"source": f"blob export {export_dir}", "export_layout": ", ".join(layouts),

@@ -62,7 +62,8 @@ def test_a_trace_outside_the_day_is_looked_for_in_the_days_around_it_and_one_now
             "2026-11-21T00:00:00.000Z"), ("2026-11-22T00:00:00.000Z", "2026-11-23T00:00:00.000Z")} <= asked
 
 @pytest.mark.parametrize("fault, reason", [
-    ("429", "HTTP 429 rate limited"), ("503", "HTTP 503"), ("slow", "ReadTimeout"), ("drop", "RemoteProtocolError"),
+    ("429", "HTTP 429 rate limited"), ("500", "HTTP 500"), ("503", "HTTP 503"), ("slow", "ReadTimeout"),
+    ("drop", "RemoteProtocolError"),
     ("truncated", "malformed response body"), ("stray", None),
 ])
 def test_the_legacy_path_retries_what_the_v2_path_retries_and_loses_nothing(settings, legacy, fault, reason):

@@ -89,6 +89,9 @@ def _generations(n: int = 6) -> list[dict]:
                          tags=["campaign:spring, 2026", f"env:{i}"])
         row.update(user_id=f"user {i}", session_id=f"s-{i}", trace_name="chat, v2")
         rows.append(row)
+    # what CSV writes as an empty cell (or, v3.146-v3.156, as the literal ""): nulls, not empty text
+    rows[-1].update(user_id=None, project_id=None, cost_details={}, total_cost=None, model="acme-llama-ft",
+                    provided_model_name="acme-llama-ft")
     return rows
 
 
@@ -130,8 +133,8 @@ def write_legacy_csv(settings, rows: list[dict], cell) -> None:
     root = export_dir(settings) / PROJECT_ID
     obs = [observation(r) for r in rows]
     traces = [trace(r, datetime.strptime(r["start_time"], "%Y-%m-%d %H:%M:%S.%f") - timedelta(seconds=1)) for r in rows]
-    # v3 before 3.164 exported no total_cost column; the cost is cost_details' total
-    obs = [{k: v for k, v in o.items() if k != "total_cost"} for o in obs]
+    if cell is not _v3_157:  # v3 before 3.164 exported no total_cost column; the cost is cost_details' total
+        obs = [{k: v for k, v in o.items() if k != "total_cost"} for o in obs]
     for lo, hi, window_obs, window_traces in ((MIDNIGHT, MIDNIGHT + timedelta(hours=8), [], []),
                                               (MIDNIGHT + timedelta(hours=8), MIDNIGHT + timedelta(hours=10), obs, traces),
                                               (MIDNIGHT + timedelta(hours=10), MIDNIGHT + timedelta(days=1), [], [])):
@@ -161,6 +164,9 @@ def test_every_csv_encoding_v3_wrote_stages_the_same_rows(settings, tmp_path, ce
                                                  "WHERE observation_id = 'g1'")[0]
     assert allocation["feature"] == "summarize, then answer #1" and allocation["team"] == 'the "core" team'
     assert allocation["customer_id"] == "café-1" and user == "user 1" and tags == ["campaign:spring, 2026", "env:1"]
+    [(project, user, source, cost)] = query(csv_export, "SELECT project_id, user_id, cost_source, cost_usd "
+                                                        "FROM langfuse_generations WHERE observation_id = 'g5'")
+    assert (project, user, source, cost) == (PROJECT_ID, None, "unpriced", None)  # its folder's project; no user
 
 
 def write_legacy_days_as_jsonl(settings, rows: list[dict]) -> None:
@@ -289,6 +295,34 @@ def test_a_traces_file_short_of_its_manifest_fails_the_day(settings):
     assert complete.severity == dg.AssetCheckSeverity.ERROR
     assert "traces/2026-11-22T00-00-00.jsonl: read 1 rows, its manifest says 3 (-2 rows against its manifest)" in \
         complete.description
+
+
+def test_a_traces_file_its_manifest_lists_but_the_export_lacks_fails_the_day(settings):
+    rows = _generations(3)
+    write_legacy_days_as_jsonl(settings, rows)
+    (export_dir(settings) / PROJECT_ID / "traces" / "2026-11-22T00-00-00.jsonl").unlink()  # lost: allocation with it
+    result = materialize_day(settings, selection=["langfuse_generations", "allocated_costs"])
+    assert failed_on_checks(result) == {"langfuse_generations"}
+    complete = check_evaluation(result, "extraction_complete")
+    assert "traces/2026-11-22T00-00-00.jsonl: read 0 rows, its manifest says 3 (listed in its manifest, missing " \
+        "from the export)" in complete.description
+    assert not query(settings, "SELECT count(*) FROM allocated_costs WHERE day = ?", [DAY])[0][0]
+
+
+def test_a_day_whose_traces_stop_short_of_its_observations_fails_naming_the_hole(settings, sample):
+    """An export older than v3.213 writes no manifests: only the files say what is covered."""
+    [(day, rows, seed)] = [s for s in sample if s[0] == DAY]
+    write_hours(settings, rows, "observations", range(0, 24))
+    for manifest in (export_dir(settings) / PROJECT_ID / "manifests").iterdir():
+        manifest.unlink()
+    for late in sorted((export_dir(settings) / PROJECT_ID / "traces").iterdir())[18:]:
+        late.unlink()  # the evening's traces never arrived
+    result = materialize_day(settings, selection=["langfuse_generations"])
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert f"{PROJECT_ID}/traces covers the beginning .. 2026-11-21 18:00:00 UTC" in message
+    assert "not covered: 2026-11-21 18:00:00 UTC .. 2026-11-22 00:00:00 UTC" in message
 
 
 def test_several_projects_under_one_prefix_are_all_read_and_project_id_is_a_finout_dimension(settings, sample):

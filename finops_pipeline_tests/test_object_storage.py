@@ -54,7 +54,15 @@ def test_a_bucket_without_the_export_says_where_it_looked(settings, s3):
                              langfuse_export_dir=f"s3://{BUCKET}/no-such-prefix")
     assert not result.success
     message = str(result.get_step_failure_events()[0].step_failure_data.error)
-    assert f"Langfuse export folder not found: s3://{BUCKET}/no-such-prefix" in message
+    assert f"Nothing under s3://{BUCKET}/no-such-prefix: the bucket exists but holds no export" in message
+
+
+def test_a_bucket_that_does_not_exist_is_named(settings, s3):
+    result = materialize_day(settings, selection=["langfuse_generations"],
+                             langfuse_export_dir="s3://no-such-bucket/langfuse")
+    assert not result.success
+    message = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "The Langfuse export's bucket s3://no-such-bucket does not exist, or these credentials cannot see it" in message
 
 
 def test_a_bucket_that_cannot_be_reached_fails_the_day_naming_it(settings, s3, monkeypatch):

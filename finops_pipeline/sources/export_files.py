@@ -1,5 +1,6 @@
 """Langfuse export files into validated rows (sources/observation_rows.py), whatever their table and format:
-the reading both export layouts share (sources/enriched_export.py, sources/legacy_export.py).
+the reading both export layouts share (observations_v2; observations and traces, joined by
+sources/legacy_export.py).
 
 All JSONL files of a table are read in one statement, by DuckDB's JSON reader, on all its threads, a `.gz`
 inflated by ISA-L (sources/isal_gzip.py: three times as fast as DuckDB's own gzip); all Parquet files in
@@ -116,7 +117,8 @@ def read_files(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], vocabul
     rejected: list[Rejected] = []
     groups: dict[tuple[str, str], list[int]] = {}
     for rank, export_file in enumerate(files):
-        groups.setdefault((KINDS[export_file.table].table, export_file.format), []).append(rank)
+        if not export_file.absent:  # listed in a manifest, not in the store: nothing to read (completeness.py)
+            groups.setdefault((KINDS[export_file.table].table, export_file.format), []).append(rank)
     for (_, fmt), ranks in groups.items():
         kind = KINDS[files[ranks[0]].table]
         if fmt in ("jsonl", "parquet") and _read_fast(conn, kind, fmt, {r: files[r].readable for r in ranks}, vocabulary):

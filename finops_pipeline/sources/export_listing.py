@@ -72,6 +72,7 @@ class ExportFile:
     window_end: datetime
     row_count: int | None = None  # rows its manifest says it holds; None: not stated
     local: str | None = None  # where a copy of a bucket's object was fetched to (object_storage.fetch)
+    absent: bool = False  # a manifest lists it, but the export does not hold it: nothing to read, a day not whole
 
     @property
     def readable(self) -> str:
@@ -113,7 +114,7 @@ class Coverage:
 
     export: str  # what was judged: `{projectId}/{layout}`
     first: datetime | None  # None: from the beginning (a first file with no manifest)
-    last: datetime
+    last: datetime | None  # None: there are no files at all
     holes: list[tuple[datetime, datetime]]
 
 
@@ -122,6 +123,8 @@ def cover(label: str, files: list[ExportFile], start: datetime, end: datetime) -
     both bounds (Langfuse selects `start_time >= min AND <= max`), so a window that starts where the previous
     one ends leaves no hole. A first file without a manifest covers everything before it: Langfuse's first
     run exports from the oldest row on."""
+    if not files:
+        return Coverage(label, None, None, [(start, end)])
     windows = sorted(files, key=lambda f: (f.window_start is not None, f.window_start or f.window_end, f.window_end))
     holes, reach = [], start
     for f in windows:
@@ -169,9 +172,17 @@ def plan_day(files: list[ExportFile], start: datetime, end: datetime) -> DayPlan
             gaps.append(cover(f"{posixpath.basename(project)}/{name}", e + l, start, end))
             continue
         name, e, l = covered
+        read = [f for f in l if f.overlaps(start, end)]
+        if read:  # the traces of what the legacy layout covers of the day must be there: they hold its allocation
+            low = max(start, min((f.window_start or start) for f in read))
+            high = min(end, max(f.window_end for f in read))
+            traces = cover(f"{posixpath.basename(project)}/{TRACES}", tables.get(TRACES, []), low, high)
+            if traces.holes:
+                gaps.append(traces)
+                continue
         layouts[project] = name
         enriched_files += [f for f in e if f.overlaps(start, end)]
-        legacy_files += [f for f in l if f.overlaps(start, end)]
+        legacy_files += read
         if l:
             trace_files += [f for f in tables.get(TRACES, []) if f.overlaps(start - TRACE_MARGIN, end + TRACE_MARGIN)]
     order = lambda f: (f.window_end, f.path)  # noqa: E731
@@ -221,10 +232,7 @@ def list_export_files(export_dir: str) -> ExportListing:
         raise ExportLocationError(f"Cannot list the Langfuse export at {export_dir}: "
                                   f"{type(exc).__name__}: {str(exc)[:300]}") from None
     if not found:
-        raise FileNotFoundError(
-            f"Langfuse export folder not found: {export_dir} "
-            "(set FINOPS_LANGFUSE_EXPORT_DIR, or run `make demo` to write sample data)"
-        )
+        raise ExportLocationError(_not_found(location, export_dir))
     files: list[ExportFile] = []
     unlisted: list[str] = []
     bad_manifests: list[tuple[str, str]] = []
@@ -246,6 +254,11 @@ def list_export_files(export_dir: str) -> ExportListing:
             for entry in manifest.files:
                 # keys carry the bucket prefix; the file sits at the same place below the project folder
                 windows[(entry.table, posixpath.basename(entry.key))] = (*window, entry.row_count)
+        present = {(table, posixpath.basename(path)) for table, paths in tables.items() for path in paths}
+        for (table, name), window in windows.items():  # a manifest lists it, the store does not hold it
+            if table in TABLE_DIRS and (table, name) not in present:
+                files.append(ExportFile(location.url(posixpath.join(project, table, name)), _format(name), *window,
+                                        absent=True))
         for table, data_files in tables.items():
             previous_end: datetime | None = None
             for path in data_files:
@@ -260,6 +273,23 @@ def list_export_files(export_dir: str) -> ExportListing:
                     previous_end = end
     files.sort(key=lambda f: (f.window_end, f.path))
     return ExportListing(files, unlisted, bad_manifests)
+
+
+def _not_found(location: Location, export_dir: str) -> str:
+    """Why there is nothing at `export_dir`: for a bucket, whether the bucket itself can be seen."""
+    if location.remote:
+        bucket = location.root.split("/", 1)[0]
+        try:
+            seen = location.fs.exists(bucket)
+        except Exception:  # noqa: BLE001 - any cloud error: the bucket cannot be seen
+            seen = False
+        if not seen:
+            return (f"The Langfuse export's bucket {location.protocol}://{bucket} does not exist, or these credentials "
+                    f"cannot see it (FINOPS_LANGFUSE_EXPORT_DIR={export_dir}).")
+        return (f"Nothing under {export_dir}: the bucket exists but holds no export at that prefix. Check "
+                "FINOPS_LANGFUSE_EXPORT_DIR against the prefix the Langfuse export writes to.")
+    return (f"Langfuse export folder not found: {export_dir} "
+            "(set FINOPS_LANGFUSE_EXPORT_DIR, or run `make demo` to write sample data)")
 
 
 # Langfuse's first run of a project with no data starts its window at the epoch: such a start says nothing.

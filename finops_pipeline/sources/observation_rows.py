@@ -1,7 +1,7 @@
 """The one validation every Langfuse source feeds: observations and traces as typed rows, each clean or
 carrying the reason it is quarantined, in the tables of an in-memory `scratch` database.
 
-Each source reads rows its own way (sources/enriched_export.py, legacy_export.py, api_v2.py, api_legacy.py)
+Each source reads rows its own way (export files: sources/export_files.py; API pages: sources/api_pages.py)
 as raw columns (text; nested values as JSON) or, from Parquet, typed columns, and hands them here with
 their kind:
 - OBSERVATIONS -> `scratch.observations`: what cost allocation needs of each observation.
@@ -123,14 +123,16 @@ CREATE OR REPLACE MACRO scratch.bad_count_at(texts, numbers) AS list_position(li
 -- than a regular expression, for every key of every tag of every row.
 CREATE OR REPLACE MACRO scratch.normal_key(k) AS
     lower(replace(replace(replace(replace(k, '_', ''), '-', ''), '.', ''), ' ', ''));
--- A CSV cell's text (Langfuse's older writers wrapped text in a JSON string literal: "\"obs-1\"" is obs-1)
--- and a nested value from its cell (JSON text, or a JSON string literal of JSON text).
-CREATE OR REPLACE MACRO scratch.csv_text(t) AS CASE
-    WHEN starts_with(t, '"') AND json_valid(t) THEN t::JSON ->> '$' ELSE t END;
+-- A CSV cell's text (Langfuse's older writers wrapped text in a JSON string literal: "\"obs-1\"" is obs-1, and
+-- null was written as ""); empty is NULL, CSV has no other null. And a nested value from its cell (JSON text,
+-- or a JSON string literal of JSON text).
+CREATE OR REPLACE MACRO scratch.csv_text(t) AS nullif(CASE
+    WHEN starts_with(t, '"') AND json_valid(t) THEN t::JSON ->> '$' ELSE t END, '');
 CREATE OR REPLACE MACRO scratch.csv_json(cell) AS CASE
     WHEN json_type(cell) <> 'VARCHAR' THEN cell  -- a JSON reader's value (a CSV cell is always a string)
+    WHEN scratch.csv_text(cell ->> '$') IS NULL THEN NULL
     WHEN json_valid(scratch.csv_text(cell ->> '$')) THEN scratch.csv_text(cell ->> '$')::JSON
-    WHEN (cell ->> '$') <> '' THEN cell END;  -- text that is not JSON: kept, for validation to name
+    ELSE cell END;  -- text that is not JSON: kept, for validation to name
 CREATE OR REPLACE MACRO scratch.bad_amount_at(texts, amounts) AS list_position(list_transform(list_zip(texts, amounts),
     lambda p: p[1] IS NULL OR coalesce(p[2] >= 0, false)), false);
 """
