@@ -73,13 +73,15 @@ def export_completeness(conn: duckdb.DuckDBPyConnection, files: list[ExportFile]
             bad.append(f"{table[-1]['file']}: read {rows:,} rows"
                        + (f", its manifest says {expected:,}" if expected is not None else "") + f" ({problem})")
     total = sum(read.values())
+    traces = conn.execute("SELECT count(*) FROM scratch.traces").fetchone()[0]
+    rows_read = f"{total:,} rows" + (f" ({total - traces:,} observations, {traces:,} traces)" if traces else "")
     counted = sum(1 for f in files if f.row_count is not None)
     if bad:
         description = (f"{len(bad)} of {len(files)} export files not read whole: {'; '.join(bad[:SHOWN])}"
                        + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
                        + ". The day is not delivered: re-export or restore the files, then re-run the day.")
     else:
-        description = (f"{len(files)} export files read whole, {total:,} rows"
+        description = (f"{len(files)} export files read whole, {rows_read}"
                        + (f"; {counted} of them hold exactly the rows their manifest counts" if counted else "")
                        + (f"; {len(files) - counted} {'has' if len(files) - counted == 1 else 'have'} no rowCount in a manifest (Parquet, whose writer cannot count, "
                           "an older manifest, or no manifest): for those, only their windows' coverage of the day is "
@@ -105,6 +107,11 @@ class ProjectTotals:
     server: ServerTotals | None
     unavailable: str | None
 
+    @property
+    def label(self) -> str:
+        """How messages name it: `project <id> (<key pair name>)`."""
+        return f"project {self.project_id} ({self.name})" if self.project_id else f"project {self.name}"
+
 
 def api_completeness(conn: duckdb.DuckDBPyConnection, day: date, projects: list[ProjectTotals],
                      tolerance: float) -> dg.AssetCheckResult:
@@ -124,15 +131,16 @@ def api_completeness(conn: duckdb.DuckDBPyConnection, day: date, projects: list[
         return results[0]
     failed = [r for r in results if not r.passed]
     errors = [r for r in failed if r.severity == dg.AssetCheckSeverity.ERROR]
-    table = pd.DataFrame([{"project": p.name, "extracted": r.metadata["extracted_observations"].value,
+    table = pd.DataFrame([{"project": p.label, "extracted": r.metadata["extracted_observations"].value,
                            "langfuse counts": r.metadata.get("langfuse_observations") and r.metadata["langfuse_observations"].value,
                            "verdict": "ok" if r.passed else r.severity.value}
                           for p, r in zip(projects, results)])
     return dg.AssetCheckResult(
         check_name=COMPLETENESS_CHECK, passed=not failed,
         severity=dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN,
-        description=f"{len(projects) - len(failed)} of {len(projects)} projects extracted whole" + "".join(
-            f"; project {p.name}: {r.description.rstrip('.')}" for p, r in zip(projects, results) if not r.passed) + ".",
+        description=f"{len(projects) - len(failed)} of {len(projects)} projects extracted whole: " + "; ".join(
+            f"{p.label} {extracted[p][0]:,} observations / ${extracted[p][1]:,.2f}, as Langfuse counts" if r.passed
+            else f"{p.label}: {r.description.rstrip('.')}" for p, r in zip(projects, results)) + ".",
         metadata={"projects": len(projects), "extracted_observations": sum(c for c, _ in extracted.values()),
                   "extracted_cost_usd": float(sum(cost for _, cost in extracted.values())),
                   "by_project": dg.MetadataValue.md(table.to_markdown(index=False))})

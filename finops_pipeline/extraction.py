@@ -6,10 +6,12 @@ day was read whole (completeness.py).
 
 from __future__ import annotations
 
+import posixpath
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 
@@ -40,6 +42,7 @@ class Extraction:
     metadata: dict
     # (conn, day) -> the extraction_complete result, once the rows are in scratch.observations
     completeness: Callable[[duckdb.DuckDBPyConnection, date], dg.AssetCheckResult]
+    read_from: dict[str, str]  # project id (or key pair name when unknown) -> how it was read, e.g. "v2 API"
 
 
 def extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: FinopsSettings, day: date) -> Extraction:
@@ -71,7 +74,8 @@ def extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: Fino
                 "files_skipped_unlisted": len(listing.unlisted)}
     if any(ENRICHED != layout for layout in layouts):  # the legacy layout: observations without their trace's fields
         metadata.update(_joined_traces(context, conn, settings, day))
-    return Extraction(rejected, metadata, lambda conn, day: export_completeness(conn, files, rejected))
+    return Extraction(rejected, metadata, lambda conn, day: export_completeness(conn, files, rejected),
+                      {posixpath.basename(project): f"export {layout}" for project, layout in plan.layouts.items()})
 
 
 def _joined_traces(context, conn: duckdb.DuckDBPyConnection, settings: FinopsSettings, day: date) -> dict:
@@ -111,22 +115,34 @@ def extract_from_api(context, conn: duckdb.DuckDBPyConnection, langfuse: Langfus
     # is on one host); the first organisation found on a host keeps that limiter, another gets its own.
     by_host: dict[str, RateLimiter] = {}
     by_organisation: dict[tuple[str, str], RateLimiter] = {}
-    reads = []
-    for pair in pairs:
-        host_limiter = by_host.setdefault(pair.host.rstrip("/"), RateLimiter(langfuse.requests_per_minute))
-        with langfuse.client(pair, host_limiter) as api:
+    with ExitStack() as clients:
+        # Every pair is checked before any day is read: a wrong key of the third project fails in seconds,
+        # not after the first two projects' fetch.
+        projects: list[tuple[KeyPair, LangfuseApi, str | None]] = []
+        read_by: dict[tuple[str, str], KeyPair] = {}
+        for pair in pairs:
+            host_limiter = by_host.setdefault(pair.host.rstrip("/"), RateLimiter(langfuse.requests_per_minute))
+            api = clients.enter_context(langfuse.client(pair, host_limiter))
             project_id = None
             if len(pairs) > 1:  # which organisation's limit it draws on, and whose rows are whose
                 try:
                     project_id, organisation = api.project()
                 except LangfuseApiError as exc:
                     raise dg.Failure(str(exc)) from None
+                if (api.host, project_id) in read_by:  # read twice, its cost would be counted twice
+                    first = read_by[(api.host, project_id)]
+                    context.log.warning(f"{pair.variables} are keys of project {project_id} at {api.host}, as "
+                                        f"{first.variables} are: it is read once.")
+                    continue
+                read_by[(api.host, project_id)] = pair
                 key = (api.host, organisation or api.host)
                 if key not in by_organisation:
                     taken = any(limiter is host_limiter for limiter in by_organisation.values())
                     by_organisation[key] = RateLimiter(langfuse.requests_per_minute) if taken else host_limiter
                 api.limiter = by_organisation[key]
-            reads.append(_read_project(context, conn, api, pair, project_id, langfuse, settings, day, ranks))
+            projects.append((pair, api, project_id))
+        reads = [_read_project(context, conn, api, pair, project_id, langfuse, settings, day, ranks)
+                 for pair, api, project_id in projects]
     metadata = {
         "source": "langfuse api " + ", ".join(sorted({r.pair.host for r in reads})),
         "api_path": ", ".join(sorted({r.path for r in reads})),
@@ -147,15 +163,17 @@ def extract_from_api(context, conn: duckdb.DuckDBPyConnection, langfuse: Langfus
         metadata.update(_joined_traces(context, conn, settings, day))
     checked = [ProjectTotals(r.pair.name, r.project_id, r.totals, r.unavailable) for r in reads]
     return Extraction([], metadata, lambda conn, day: api_completeness(conn, day, checked,
-                                                                       settings.completeness_tolerance_pct))
+                                                                       settings.completeness_tolerance_pct),
+                      {r.project_id or r.pair.name: f"{r.path} API" for r in reads})
 
 
 def _read_project(context, conn: duckdb.DuckDBPyConnection, api: LangfuseApi, pair: KeyPair, project_id: str | None,
                   langfuse: LangfuseApiResource, settings: FinopsSettings, day: date, ranks) -> ProjectRead:
     start, end = day_bounds(day)
     project = "" if pair.name == DEFAULT_PAIR else f" (project {pair.name})"
+    limit = f"at most {api.limiter.per_minute:g} requests/min" if api.limiter.per_minute else "no rate limit"
     context.log.info(f"Reading {day} from Langfuse at {api.host}{project}: {langfuse.windows} windows, "
-                     f"{langfuse.concurrency} at once, at most {api.limiter.per_minute:g} requests/min.")
+                     f"{langfuse.concurrency} at once, {limit}.")
     started, unknown = time.monotonic(), []
     try:
         try:
@@ -173,8 +191,8 @@ def _read_project(context, conn: duckdb.DuckDBPyConnection, api: LangfuseApi, pa
             except EndpointMissing:
                 raise dg.Failure(f"Langfuse at {api.host} answers 404 to both {api_v2.OBSERVATIONS_PATH} and "
                                  f"{api_legacy.OBSERVATIONS_PATH}: it is not a Langfuse server, or not its API's base "
-                                 "URL. Check LANGFUSE_HOST (e.g. https://cloud.langfuse.com, or your server's address "
-                                 "without /api).") from None
+                                 f"URL. Check {api.host_from} (e.g. https://cloud.langfuse.com, or your server's "
+                                 "address without /api).") from None
             api_legacy.fetch_traces(api, [Window(start, end)], traces, concurrency=langfuse.concurrency)
             if traces_missing(conn, day):  # a trace that began the day before, or was stamped after the day
                 now = datetime.now(timezone.utc)

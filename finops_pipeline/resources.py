@@ -18,7 +18,8 @@ class LangfuseProject(dg.Config):
     """Another Langfuse project read in the same run: its key pair (from LANGFUSE_PUBLIC_KEY_<NAME> and
     LANGFUSE_SECRET_KEY_<NAME>) and, when it lives elsewhere, its host (LANGFUSE_HOST_<NAME>)."""
 
-    name: str = Field(description="The <NAME> of its variables, lower case: it names the project in messages.")
+    name: str = Field(description="Names the project in messages: its variables' <NAME>, lower case.")
+    suffix: str | None = Field(default=None, description="The <NAME> of its variables as written; unset: NAME upper case.")
     host: str | None = Field(default=None, description="Its Langfuse base URL; unset: the resource's host.")
     public_key: str = Field(description="Project public key (pk-lf-...), from an environment variable.")
     secret_key: str = Field(description="Project secret key (sk-lf-...), from an environment variable.")
@@ -28,19 +29,24 @@ class LangfuseProject(dg.Config):
 class KeyPair:
     """One project's keys, where they live and what they are called, for the client and its messages."""
 
-    name: str  # "default" for LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY, else the <NAME> of its variables
+    name: str  # "default" for LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY, else the <NAME> of its variables, lower case
     host: str
     public_key: str
     secret_key: str = field(repr=False)
+    suffix: str = ""  # what follows LANGFUSE_PUBLIC_KEY in its variables' names: "" or "_<NAME>" as written
 
     @property
     def variables(self) -> str:
-        suffix = "" if self.name == DEFAULT_PAIR else f"_{self.name.upper()}"
-        return f"LANGFUSE_PUBLIC_KEY{suffix} and LANGFUSE_SECRET_KEY{suffix}"
+        return f"LANGFUSE_PUBLIC_KEY{self.suffix} and LANGFUSE_SECRET_KEY{self.suffix}"
+
+    @property
+    def host_variables(self) -> str:
+        default = "LANGFUSE_BASE_URL or LANGFUSE_HOST"
+        return f"LANGFUSE_BASE_URL{self.suffix} or LANGFUSE_HOST{self.suffix}, else {default}" if self.suffix else default
 
 
 DEFAULT_PAIR = "default"
-_PAIR_VARIABLE = re.compile(r"^LANGFUSE_PUBLIC_KEY_([A-Z0-9][A-Z0-9_]*)$")
+_PAIR_VARIABLE = re.compile(r"^LANGFUSE_PUBLIC_KEY_(\w+)$")
 
 
 class LangfuseApiResource(dg.ConfigurableResource):
@@ -68,10 +74,12 @@ class LangfuseApiResource(dg.ConfigurableResource):
         """Every project to read: the default pair (when set), then the others."""
         pairs = [KeyPair(DEFAULT_PAIR, self.host, self.public_key, self.secret_key)] if (
             self.public_key and self.secret_key) else []
-        return pairs + [KeyPair(p.name, p.host or self.host, p.public_key, p.secret_key) for p in self.more_projects]
+        return pairs + [KeyPair(p.name, p.host or self.host, p.public_key, p.secret_key, f"_{p.suffix or p.name.upper()}")
+                        for p in self.more_projects]
 
     def client(self, pair: KeyPair, limiter: RateLimiter | None = None) -> LangfuseApi:
-        return LangfuseApi(pair.host, pair.public_key, pair.secret_key, keys=pair.variables, limiter=limiter,
+        return LangfuseApi(pair.host, pair.public_key, pair.secret_key, keys=pair.variables,
+                           host_from=pair.host_variables, limiter=limiter,
                            requests_per_minute=self.requests_per_minute, timeout_seconds=self.timeout_seconds,
                            give_up_after_seconds=self.give_up_after_seconds)
 
@@ -88,7 +96,7 @@ class LangfuseApiResource(dg.ConfigurableResource):
         if env.get("LANGFUSE_PUBLIC_KEY") and env.get("LANGFUSE_SECRET_KEY"):
             values["public_key"] = dg.EnvVar("LANGFUSE_PUBLIC_KEY")
             values["secret_key"] = dg.EnvVar("LANGFUSE_SECRET_KEY")
-        more = []
+        more, seen = [], {}
         for variable in sorted(env):
             match = _PAIR_VARIABLE.match(variable)
             if not match or not env[variable]:
@@ -96,8 +104,12 @@ class LangfuseApiResource(dg.ConfigurableResource):
             suffix = match.group(1)
             if not env.get(f"LANGFUSE_SECRET_KEY_{suffix}"):
                 raise ValueError(f"{variable} is set but LANGFUSE_SECRET_KEY_{suffix} is not: a project needs both keys.")
+            if suffix.lower() in seen:  # _Support and _SUPPORT: one name in every message, so one of them
+                raise ValueError(f"{seen[suffix.lower()]} and {variable} name the same project "
+                                 f"({suffix.lower()}): keep one.")
+            seen[suffix.lower()] = variable
             more.append(LangfuseProject(
-                name=suffix.lower(), host=env.get(f"LANGFUSE_BASE_URL_{suffix}") or env.get(f"LANGFUSE_HOST_{suffix}"),
+                name=suffix.lower(), suffix=suffix, host=env.get(f"LANGFUSE_BASE_URL_{suffix}") or env.get(f"LANGFUSE_HOST_{suffix}"),
                 public_key=dg.EnvVar(variable), secret_key=dg.EnvVar(f"LANGFUSE_SECRET_KEY_{suffix}")))
         values["more_projects"] = more
         for field_name, var in (("requests_per_minute", "FINOPS_LANGFUSE_REQUESTS_PER_MINUTE"),

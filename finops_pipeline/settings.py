@@ -156,7 +156,7 @@ class FinopsSettings(dg.ConfigurableResource):
         if reserved:
             raise ValueError(f"allocation keys {reserved} clash with Finout columns {sorted(RESERVED_COLUMNS)}"
                              + ("; project_id is the Langfuse project's: read your own metadata key under another "
-                                "name, e.g. FINOPS_METADATA_ALIASES='{\"project_id\": \"app_project\"}' with "
+                                "name, e.g. FINOPS_METADATA_ALIASES=project_id=app_project with "
                                 "app_project an allocation key" if "project_id" in reserved else ""))
         if len(set(keys)) != len(keys) or not keys:
             raise ValueError(f"allocation keys must be a non-empty list without repeats, got {keys}")

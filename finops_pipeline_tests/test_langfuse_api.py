@@ -257,7 +257,7 @@ def test_a_host_without_either_api_is_named_as_not_langfuse(settings):
     assert not result.success
     message = _failure_message(result)
     assert "answers 404 to both /api/public/v2/observations and /api/public/observations" in message
-    assert "Check LANGFUSE_HOST" in message
+    assert "Check LANGFUSE_BASE_URL or LANGFUSE_HOST" in message
 
 
 def test_the_secret_key_never_reaches_logs_events_metadata_or_errors(settings, double, monkeypatch, caplog):

@@ -1,6 +1,8 @@
 """langfuse_generations from a server without the v2 API (self-hosted Langfuse v3): the legacy API, against
 an HTTP double whose every response parses with the Langfuse SDK 4.x's models (langfuse_legacy_double.py)."""
 
+import time
+
 import dagster as dg
 import pytest
 
@@ -142,7 +144,13 @@ def test_several_projects_are_read_in_one_run_each_from_the_api_its_server_has(s
     assert dict(query(settings, "SELECT project_id, count(*) FROM langfuse_generations GROUP BY ALL")) == {
         "p1": STAGED, "cloud-a": 300, "cloud-b": 200}
     check = check_evaluation(result, "extraction_complete")
-    assert check.passed and check.description == "3 of 3 projects extracted whole."
+    assert check.passed and check.description == (
+        "3 of 3 projects extracted whole: project p1 (default) 2,405 observations / $13.85, as Langfuse counts; "
+        "project cloud-a (cloud_a) 300 observations / $6.00, as Langfuse counts; "
+        "project cloud-b (cloud_b) 200 observations / $6.00, as Langfuse counts.")
+    table = [line.split("|")[1:-1] for line in meta["by_project"].splitlines()[2:]]
+    assert [(p.strip(), how.strip(), int(n)) for p, how, n, _ in table] == [
+        ("cloud-a", "v2 API", 300), ("cloud-b", "v2 API", 200), ("p1", "legacy API", STAGED)]
 
 
 def test_projects_of_one_organisation_share_its_rate_limit(settings):
@@ -169,6 +177,30 @@ def test_a_rejected_key_pair_is_named_by_its_variables(settings, legacy):
     assert not result.success
     message = _failure_message(result)
     assert "LANGFUSE_PUBLIC_KEY_SUPPORT and LANGFUSE_SECRET_KEY_SUPPORT" in message and "sk-lf-wrong" not in message
+    assert "LANGFUSE_BASE_URL_SUPPORT or LANGFUSE_HOST_SUPPORT, else LANGFUSE_BASE_URL or LANGFUSE_HOST" in message
+    # every pair is checked before any day is read: the first project's observations were not fetched for nothing
+    assert {path for _, path, _ in legacy.arrivals} == {"/api/public/projects"}
+
+
+def test_two_key_pairs_of_one_project_read_it_once(settings, legacy, capfd):
+    langfuse = langfuse_for(legacy, more_projects=[
+        LangfuseProject(name="again", public_key=legacy.public_key, secret_key=legacy.secret_key)])
+    result = materialize_day(settings, selection=["langfuse_generations"], langfuse=langfuse)
+    assert result.success
+    assert query(settings, "SELECT count(*) FROM langfuse_generations")[0][0] == STAGED
+    assert check_evaluation(result, "extraction_complete").passed
+    assert "LANGFUSE_PUBLIC_KEY_AGAIN and LANGFUSE_SECRET_KEY_AGAIN are keys of project p1" in capfd.readouterr().err
+
+
+def test_a_host_no_resolver_knows_fails_at_once_naming_its_variable(settings):
+    langfuse = LangfuseApiResource(host="http://langfuse.invalid", public_key="pk-lf-1", secret_key="sk-lf-1",
+                                   give_up_after_seconds=600)
+    started = time.monotonic()
+    result = materialize_day(settings, selection=["langfuse_generations"], langfuse=langfuse)
+    assert not result.success and time.monotonic() - started < 120  # not retried for the 10 minutes a outage gets
+    message = _failure_message(result)
+    assert "Langfuse at http://langfuse.invalid: no such host" in message
+    assert "Check LANGFUSE_BASE_URL or LANGFUSE_HOST" in message
 
 
 def test_more_projects_come_from_suffixed_key_pairs_in_the_environment():
@@ -184,6 +216,17 @@ def test_more_projects_come_from_suffixed_key_pairs_in_the_environment():
                                                          "LANGFUSE_SECRET_KEY_SUPPORT"]
     with pytest.raises(ValueError, match="LANGFUSE_SECRET_KEY_BILLING is not"):
         LangfuseApiResource.from_env({"LANGFUSE_PUBLIC_KEY_BILLING": "pk"})
+
+
+def test_a_key_pair_suffix_is_taken_as_written():
+    [pair] = LangfuseApiResource.from_env({"LANGFUSE_PUBLIC_KEY_Staging": "pk", "LANGFUSE_SECRET_KEY_Staging": "sk",
+                                           "LANGFUSE_HOST_Staging": "https://staging.internal"}).key_pairs()
+    assert (pair.name, pair.host, pair.variables) == (
+        "staging", "https://staging.internal", "LANGFUSE_PUBLIC_KEY_Staging and LANGFUSE_SECRET_KEY_Staging")
+    assert pair.secret_key.env_var_name == "LANGFUSE_SECRET_KEY_Staging"
+    with pytest.raises(ValueError, match="LANGFUSE_PUBLIC_KEY_STAGING and LANGFUSE_PUBLIC_KEY_Staging name the same"):
+        LangfuseApiResource.from_env({"LANGFUSE_PUBLIC_KEY_Staging": "pk", "LANGFUSE_SECRET_KEY_Staging": "sk",
+                                      "LANGFUSE_PUBLIC_KEY_STAGING": "pk", "LANGFUSE_SECRET_KEY_STAGING": "sk"})
 
 
 def test_an_empty_day_on_a_server_without_metrics_is_not_delivered_as_zero(settings):

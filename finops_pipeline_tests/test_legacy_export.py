@@ -278,7 +278,8 @@ def test_a_trace_row_that_cannot_be_read_is_quarantined_on_its_own_day_and_count
     assert (line, reason) == (4, "malformed trace line: not a JSON object")
     meta = materialization_metadata(result, "langfuse_generations")
     assert meta["quarantined_rows"] == 1 and meta["generations_without_trace"] == 0
-    assert check_evaluation(result, "extraction_complete").passed  # read whole: 4 rows, one of them quarantined
+    complete = check_evaluation(result, "extraction_complete")  # read whole: 4 trace rows, one of them quarantined
+    assert complete.passed and complete.description.startswith("2 export files read whole, 7 rows (3 observations, 4 traces)")
     # the next day reads the same traces file (its generations' traces may be there) but does not quarantine it again
     next_day = materialize_day(settings, DAY + timedelta(days=1), selection=["langfuse_generations"])
     assert not next_day.success or query(settings, "SELECT count(*) FROM quarantine")[0][0] == 1
@@ -336,6 +337,9 @@ def test_several_projects_under_one_prefix_are_all_read_and_project_id_is_a_fino
     assert result.success
     meta = materialization_metadata(result, "langfuse_generations")
     assert meta["projects"] == 2 and meta["export_layout"] == "observations, observations_v2"
+    table = [[cell.strip() for cell in line.split("|")[1:-1]] for line in meta["by_project"].splitlines()[2:]]
+    assert [row[:3] for row in table] == [["cm-cloud", "export observations_v2", "300"],
+                                          [PROJECT_ID, "export observations", "300"]]
     by_project = dict(query(settings, "SELECT project_id, count(*) FROM langfuse_generations GROUP BY ALL"))
     assert by_project == {PROJECT_ID: 300, "cm-cloud": 300}
     delivered = (Path(settings.finout_dir) / "llm-costs-2026-11-21.csv").read_text().splitlines()
@@ -344,3 +348,10 @@ def test_several_projects_under_one_prefix_are_all_read_and_project_id_is_a_fino
     for line in csv.reader(io.StringIO("\n".join(delivered[1:]))):
         cost[line[2]] = cost.get(line[2], 0) + float(line[1])
     assert set(cost) == {PROJECT_ID, "cm-cloud"} and cost[PROJECT_ID] == pytest.approx(cost["cm-cloud"])
+    # without project_id among the dimensions, the two projects' rows of one feature and provider are one row
+    undivided = replace_settings(settings, finout_dimensions=["feature", "provider"])
+    assert materialize_day(undivided, selection=["finout_upload"]).success
+    lines = list(csv.reader(io.StringIO((Path(settings.finout_dir) / "llm-costs-2026-11-21.csv").read_text())))
+    keys = [tuple(line[2:]) for line in lines[1:]]
+    assert lines[0] == ["UsageDate", "Cost", "feature", "provider"] and len(keys) == len(set(keys))
+    assert sum(float(line[1]) for line in lines[1:]) == pytest.approx(sum(cost.values()))

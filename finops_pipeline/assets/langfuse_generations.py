@@ -73,6 +73,9 @@ def langfuse_generations(
         quarantine_sample = conn.execute(
             "SELECT file, line, reason FROM day_quarantine ORDER BY file, line LIMIT 10").df()
         complete = extraction.completeness(conn, day)
+        by_project = conn.execute(
+            "SELECT project_id, count(*), sum(cost_usd) FROM langfuse_generations WHERE day = ? GROUP BY ALL",
+            [day]).fetchall() if len(extraction.read_from) > 1 else []
 
     for r in extraction.rejected:
         context.log.warning(f"Quarantined {r.file}{f' line {r.line}' if r.line else ''}: {r.reason}")
@@ -87,6 +90,12 @@ def langfuse_generations(
         "quarantined_rows": quarantined,
         **extraction.metadata,
     }
+    if by_project:  # several projects: what each contributed, and how it was read
+        staged = {project: (n, cost) for project, n, cost in by_project}
+        metadata["by_project"] = dg.MetadataValue.md(pd.DataFrame(
+            [{"project_id": project, "read from": extraction.read_from.get(project, "(not a configured project)"),
+              "generations": staged.get(project, (0, 0))[0], "cost_usd": float(staged.get(project, (0, 0))[1] or 0)}
+             for project in sorted(set(extraction.read_from) | set(staged), key=str)]).to_markdown(index=False))
     if quarantined:
         metadata["quarantine_sample"] = dg.MetadataValue.md(quarantine_sample.to_markdown(index=False))
     stats["without_trace"] = extraction.metadata.get("generations_without_trace", 0)

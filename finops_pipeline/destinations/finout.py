@@ -57,14 +57,16 @@ def dimension_expressions(allocation_keys: list[str], hashed: list[str]) -> dict
 
 
 def finout_rows_sql(dimensions: list[str], allocation_keys: list[str], hashed: list[str]) -> str:
-    """The day's Finout rows from the temp table `delivered`."""
+    """The day's Finout rows from the temp table `delivered`: one per combination of the delivered dimensions
+    (rows that differ only in a dimension not delivered, e.g. project_id, are summed, not repeated)."""
     expressions = dimension_expressions(allocation_keys, hashed)
     columns = ", ".join(f'{safe_text(expressions[d])} AS "{d}"' for d in dimensions)
     order = ", ".join(["Cost DESC", *(f'"{d}"' for d in dimensions)])
     return f"""
-        SELECT strftime(day, '%Y-%m-%d') AS UsageDate, cost_usd AS Cost, {columns}
+        SELECT strftime(day, '%Y-%m-%d') AS UsageDate, sum(cost_usd) AS Cost, {columns}
         FROM delivered
-        WHERE cost_usd <> 0
+        GROUP BY ALL
+        HAVING sum(cost_usd) <> 0
         ORDER BY {order}
     """
 

@@ -19,6 +19,7 @@ The keys live only in the HTTP client's Basic auth: no message, log line or exce
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -198,15 +199,18 @@ class _Projects(BaseModel):
 class LangfuseApi:
     """A client of one Langfuse project (the keys name it). Thread-safe; use as a context manager.
 
-    `keys`: where the key pair comes from (e.g. "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY"), for messages.
+    `keys`: where the key pair comes from (e.g. "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY"), for messages;
+    `host_from`: where the host comes from, likewise.
     `limiter`: the organisation's, when several projects share its plan; else one of `requests_per_minute`.
     """
 
     def __init__(self, host: str, public_key: str, secret_key: str, *, keys: str = "the API keys",
+                 host_from: str = "LANGFUSE_BASE_URL or LANGFUSE_HOST",
                  requests_per_minute: float = 1000, limiter: RateLimiter | None = None, timeout_seconds: float = 60, give_up_after_seconds: float = 600,
                  backoff_seconds: float = 1, transport: httpx.BaseTransport | None = None):
         self.host = without_userinfo(host.rstrip("/"))  # it names the server in every message
         self.keys = keys  # where the keys come from (variable names, never values), for messages
+        self.host_from = host_from
         self._stop = threading.Event()
         self.limiter = limiter or RateLimiter(requests_per_minute)
         self._give_up_after = give_up_after_seconds
@@ -337,6 +341,8 @@ class LangfuseApi:
         try:
             response = self._http.get(path, params=params)
         except httpx.TransportError as exc:  # timeouts, refused or dropped connections, broken HTTP
+            if _no_such_host(exc):  # a name no resolver knows: a typo to fix, not an outage to wait out
+                raise LangfuseApiError(f"Langfuse at {self.host}: no such host ({exc}). Check {self.host_from}.") from None
             raise _Retryable(f"{type(exc).__name__}: {exc or 'no detail'}") from None
         status = response.status_code
         if status == 200:
@@ -356,7 +362,7 @@ class LangfuseApi:
             raise LangfuseApiError(
                 f"Langfuse at {self.host} rejected the API keys (HTTP {status}: {message}). Check that "
                 f"{self.keys} are a pair of the same project, and that the host is the region or server that "
-                "project lives on (LANGFUSE_HOST).")
+                f"project lives on ({self.host_from}).")
         if status == 404:
             raise EndpointMissing(f"Langfuse at {self.host} has no {path} (HTTP 404): the server is a version without it.")
         if status == 400:
@@ -372,6 +378,17 @@ class LangfuseApi:
         reset = seconds_until(response.headers.get("X-RateLimit-Reset")) if spent else None
         if reset:
             self.limiter.hold(min(reset, 60.0))
+
+
+def _no_such_host(exc: BaseException) -> bool:
+    """The resolver answered that the name does not exist (EAI_NONAME, EAI_NODATA); a resolver that could not
+    be reached (EAI_AGAIN) may be a passing outage and is retried."""
+    definite = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)}
+    while exc is not None:
+        if isinstance(exc, socket.gaierror):
+            return exc.errno in definite
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def as_json(value: Any) -> str:
