@@ -6,7 +6,9 @@ Postgres alike). A row's id is given when its run plans the check and keeps it w
 the cursor holds a *watermark* below which every row is settled, and the ids above it already handled;
 a row still planned (its run is going) holds the watermark until its result comes or its run ends. Each
 failed evaluation is sent once however often the sensor ticks; a day re-run that fails again is a new
-row, so it alerts again. The cursor also keeps the alerts not yet delivered: one leaves it only when the
+row, so it alerts again. A check that shows a standing state every day (budget_thresholds, cost_anomalies)
+says in its metadata how many of its findings are new (`new_alerts`) and what they are (`alert`): only an
+evaluation with news is sent, with that text. The cursor also keeps the alerts not yet delivered: one leaves it only when the
 webhook said 2xx, so a webhook that is down loses nothing. The cursor is stored by the instance, so it
 survives restarts of the daemon. The webhook URL is a credential: read from an EnvVar, in no message.
 """
@@ -38,8 +40,16 @@ def alert_text(evaluation: dg.AssetCheckEvaluation, run_id: str, dagster_url: st
         link = f"<{dagster_url.rstrip('/')}/runs/{run_id}|run {run_id[:8]}>"
     else:  # recorded without a run (the delivery deadline's sensor): the asset's checks
         link = f"<{dagster_url.rstrip('/')}/assets/{'/'.join(evaluation.asset_key.path)}?view=checks|{asset} checks>"
-    return (f"{evaluation.severity.value}: {asset}{day}, check {evaluation.check_name} failed: "
-            f"{evaluation.description or 'no description'} {link}")
+    alert = evaluation.metadata.get("alert")  # a check that keeps showing a state says what is new in it
+    what = alert.value if alert is not None else (evaluation.description or "no description")
+    return f"{evaluation.severity.value}: {asset}{day}, check {evaluation.check_name} failed: {what} {link}"
+
+
+def _news(evaluation: dg.AssetCheckEvaluation) -> bool:
+    """Whether a failed evaluation is to be alerted: always, except for a check that shows a standing state
+    every day (budgets, anomalies) and counts in `new_alerts` what its run found first."""
+    new = evaluation.metadata.get("new_alerts")
+    return new is None or bool(new.value)
 
 
 @dataclass
@@ -91,7 +101,8 @@ def collect(context: dg.SensorEvaluationContext, state: AlertCursor, dagster_url
             # its run ended without a result (a step failed before the check ran): nothing to judge
         elif row.status.value == _FAILED:
             evaluation = row.event.dagster_event.event_specific_data
-            state.pending.append({"id": row.id, "text": alert_text(evaluation, row.run_id, dagster_url)})
+            if _news(evaluation):
+                state.pending.append({"id": row.id, "text": alert_text(evaluation, row.run_id, dagster_url)})
         state.handled.add(row.id)
     top = max([state.watermark, *(r.id for r in rows)])
     state.watermark = min(waiting) - 1 if waiting else top

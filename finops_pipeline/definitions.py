@@ -4,6 +4,8 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.assets.allocated_costs import allocated_costs
+from finops_pipeline.assets.budget_status import build_budget_status
+from finops_pipeline.assets.cost_anomalies import cost_anomalies
 from finops_pipeline.assets.cost_reconciliation import FAILED_DAY, build_cost_reconciliation
 from finops_pipeline.assets.finout_upload import build_finout_upload
 from finops_pipeline.assets.focus_export import build_focus_export
@@ -32,7 +34,8 @@ def build_resources(settings: FinopsSettings, langfuse: LangfuseApiResource | No
 def build_assets(cost_basis: str = COST_BASIS) -> list[dg.AssetsDefinition]:
     """The graph; the delivery assets depend on the bills under the `invoice` cost basis."""
     return [langfuse_generations, allocated_costs, openai_costs, anthropic_costs, other_provider_costs,
-            build_cost_reconciliation(cost_basis), build_finout_upload(cost_basis), build_focus_export(cost_basis)]
+            build_cost_reconciliation(cost_basis), build_finout_upload(cost_basis), build_focus_export(cost_basis),
+            build_budget_status(cost_basis), cost_anomalies]
 
 
 def is_check_failure(error) -> bool:

@@ -44,8 +44,11 @@ ENV_VARS = {
     "focus_s3_uri": "FINOPS_FOCUS_S3_URI",
     "lookback_days": "FINOPS_LOOKBACK_DAYS",
     "dagster_url": "FINOPS_DAGSTER_URL",
+    "budgets_file": "FINOPS_BUDGETS_FILE",
+    "anomaly_dimensions": "FINOPS_ANOMALY_DIMENSIONS",
+    "anomaly_floor_usd": "FINOPS_ANOMALY_FLOOR_USD",
 }
-LIST_FIELDS = ("allocation_keys", "billed_providers", "finout_dimensions", "hashed_dimensions")
+LIST_FIELDS = ("allocation_keys", "billed_providers", "finout_dimensions", "hashed_dimensions", "anomaly_dimensions")
 
 # Columns of the Finout file that are not allocation keys.
 RESERVED_COLUMNS = {"usagedate", "cost", "source", "service_name", "provider", "model", "project_id"}
@@ -133,6 +136,12 @@ class FinopsSettings(dg.ConfigurableResource):
         description="How far (% of the server's figure) the day's extracted count or cost may be from Langfuse's own "
                     "totals before the completeness check fails (late data can move the server's figure).",
     )
+    budgets_file: str = Field(default="", description="The budgets YAML; unset: FINOPS_HOME/budgets.yaml (none: no budgets).")
+    anomaly_dimensions: list[str] = Field(
+        default=["feature", "team", "customer_id", "model"],
+        description="The series cost_anomalies watches: allocation keys, provider or model (keys not configured are skipped).")
+    anomaly_floor_usd: float = Field(
+        default=10.0, ge=0, description="A day's change (USD, against the usual) below which a series is not news.")
     duckdb_memory_limit: str = Field(
         default="500MB", pattern=r"^(\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)|\d{1,2}%)$",
         description="DuckDB's memory limit (e.g. 500MB, 2GB, 80%): above it, DuckDB spills to disk. Raise it for speed.",
@@ -222,6 +231,10 @@ class FinopsSettings(dg.ConfigurableResource):
     def dimensions(self) -> list[str]:
         """The Finout columns after UsageDate and Cost, in order."""
         return self.finout_dimensions or ["source", "service_name", *self.allocation_keys, "provider", "model"]
+
+    @property
+    def budgets_path(self) -> Path:
+        return Path(self.budgets_file) if self.budgets_file else Path(self.home) / "budgets.yaml"
 
     @property
     def duckdb_path(self) -> Path:

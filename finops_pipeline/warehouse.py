@@ -102,10 +102,64 @@ CREATE TABLE IF NOT EXISTS cost_reconciliation (
     has_bill             BOOLEAN NOT NULL,   -- the provider bills this day: its gap is judged
     final                BOOLEAN NOT NULL    -- the bill has settled; else provisional (warns at most)
 );
+CREATE TABLE IF NOT EXISTS materialized_days (   -- the days an asset has written, an empty ($0) day included:
+    asset VARCHAR NOT NULL,                       -- a day with no row here is unknown, never $0
+    day   DATE NOT NULL,
+    written_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (asset, day)
+);
+CREATE TABLE IF NOT EXISTS budget_status (
+    day                 DATE NOT NULL,
+    budget              VARCHAR NOT NULL,    -- its name; '(all spend)' for the total, which has no amount
+    scope               VARCHAR NOT NULL,    -- e.g. team=search, or 'all spend'
+    period              VARCHAR NOT NULL,    -- monthly | quarterly | weekly
+    period_start        DATE NOT NULL,
+    period_end          DATE NOT NULL,       -- its last day
+    amount_usd          {MONEY},
+    spend_usd           {MONEY} NOT NULL,    -- period to date, through `day`, on the cost basis
+    share_pct           DOUBLE,              -- spend / amount
+    projected_usd       {MONEY} NOT NULL,    -- the period's end: spend + the days left as forecast
+    projected_low_usd   {MONEY} NOT NULL,    -- 80% range
+    projected_high_usd  {MONEY} NOT NULL,
+    projected_share_pct DOUBLE,
+    threshold_crossed   DOUBLE,              -- the highest threshold at or under share_pct; NULL: none
+    days_missing        INTEGER NOT NULL,    -- days of the period through `day` allocated_costs has not written
+    backtest_mape_pct   DOUBLE,              -- the forecast's error on the recent past (projection.py); NULL: too new
+    backtest_forecasts  INTEGER NOT NULL,    -- how many past forecasts that error is the mean of
+    contributors        VARCHAR NOT NULL     -- the largest feature, customer and model of the period's spend
+);
+CREATE TABLE IF NOT EXISTS budget_alerts (   -- each threshold of a budget is alerted once per period
+    budget       VARCHAR NOT NULL,
+    period_start DATE NOT NULL,
+    threshold    VARCHAR NOT NULL,           -- '80', '100', ... or 'projected 100'
+    day          DATE NOT NULL,              -- the day whose run alerted it
+    PRIMARY KEY (budget, period_start, threshold)
+);
+CREATE TABLE IF NOT EXISTS cost_anomalies (
+    day                    DATE NOT NULL,
+    dimension              VARCHAR NOT NULL, -- feature, team, customer_id, model, ... or total
+    value                  VARCHAR NOT NULL,
+    direction              VARCHAR NOT NULL, -- spike | drop
+    cost_usd               {MONEY} NOT NULL,
+    usual_usd              {MONEY} NOT NULL, -- median of the same weekday over the previous weeks
+    score                  DOUBLE NOT NULL,  -- robust z: (cost - usual) / (1.4826 MAD, floored)
+    calls                  BIGINT NOT NULL,
+    usual_calls            DOUBLE NOT NULL,
+    cause                  VARCHAR NOT NULL, -- volume | unit cost | model switch | prompt version | silent
+    explanation            VARCHAR NOT NULL  -- the sentence a reader needs
+);
+CREATE TABLE IF NOT EXISTS anomaly_alerts (  -- one alert per episode: consecutive days of one series and direction
+    dimension  VARCHAR NOT NULL,
+    value      VARCHAR NOT NULL,
+    direction  VARCHAR NOT NULL,
+    first_day  DATE NOT NULL,
+    last_day   DATE NOT NULL,
+    PRIMARY KEY (dimension, value, direction, first_day)
+);
 """
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Tables emptied and recreated when a warehouse file of an older version is opened. Each is derived from
 # inputs that are still there (the bills, the staged generations): re-materialising its days refills it.
 REBUILT_IN_VERSION = {2: ("provider_costs", "cost_reconciliation")}  # 2: token kinds, three depths
@@ -113,6 +167,9 @@ REBUILT_IN_VERSION = {2: ("provider_costs", "cost_reconciliation")}  # 2: token 
 ADDED_IN_VERSION = {3: [("langfuse_generations", "usage_other", "MAP(VARCHAR, BIGINT)"),  # 3: every usage unit
                         ("langfuse_generations", "unpriced_usage", "MAP(VARCHAR, BIGINT)")],
                     4: [("allocated_costs", "project_id", "VARCHAR")]}  # 4: the Langfuse project, a dimension
+# 5: budgets and anomalies read which days were written; the days allocated before are taken as written.
+FILLED_IN_VERSION = {5: "INSERT OR IGNORE INTO materialized_days "
+                        "SELECT DISTINCT 'allocated_costs', day, now() FROM allocated_costs"}
 
 
 @contextmanager
@@ -152,6 +209,8 @@ def _upgrade(conn: duckdb.DuckDBPyConnection) -> None:
     for step in range(version + 1, SCHEMA_VERSION + 1):
         for table, column, kind in ADDED_IN_VERSION.get(step, ()):
             conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+        if step in FILLED_IN_VERSION and version > 0 and has_tables:
+            conn.execute(FILLED_IN_VERSION[step])
     if version != SCHEMA_VERSION or conn.execute("SELECT count(*) FROM schema_version").fetchall() != [(1,)]:
         conn.execute("DELETE FROM schema_version")
         conn.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
@@ -181,4 +240,5 @@ def replace_partition(conn: duckdb.DuckDBPyConnection, table: str, day: date, se
         conn.execute(f"INSERT INTO {table} BY NAME {select_sql}", {"day": day, **(params or {})} if "$" in select_sql else [])
     finally:
         conn.execute("RESET preserve_insertion_order")
+    conn.execute("INSERT OR REPLACE INTO materialized_days VALUES (?, ?, now())", [table, day])
     return conn.execute(f"SELECT count(*) FROM {table} WHERE day = ?", [day]).fetchone()[0]

@@ -1,5 +1,6 @@
-"""`make demo` end to end, at a small size, on the instance `make dev` opens: a week staged, delivered and
-reconciled, one day failing, each day's checks its own."""
+"""`make demo` end to end, at a small size, on the instance `make dev` opens: five weeks staged, delivered and
+reconciled, one day failing, each day's checks its own; a budget crossing 80% then 100%, a prompt regression
+explained, weekend dips left alone."""
 
 import os
 import shutil
@@ -9,7 +10,7 @@ from datetime import date
 
 import dagster as dg
 
-from finops_pipeline.demo.sample_data import last_complete_days
+from finops_pipeline.demo.sample_data import WEEKEND_VOLUME, last_complete_days
 from finops_pipeline.destinations.finout import file_name
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline_tests.conftest import REPO, query
@@ -17,22 +18,23 @@ from finops_pipeline_tests.conftest import REPO, query
 GAP = dg.AssetCheckKey(dg.AssetKey("cost_reconciliation"), "billed_vs_traced_gap")
 
 
-def test_demo_week_reconciles_with_exactly_the_overbilled_day_failing(tmp_path):
+def test_demo_reconciles_with_exactly_the_overbilled_day_failing_and_shows_the_controls(tmp_path):
     home, dagster_home = tmp_path / "finops", tmp_path / "dagster"
     dagster_home.mkdir()
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {**os.environ, "FINOPS_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
-    run = subprocess.run([sys.executable, "-m", "finops_pipeline.demo", "--generations-per-day", "600"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "finops_pipeline.demo", "--generations-per-day", "1500"],
+                         env=env, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Warning" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
-    days = last_complete_days(7)
-    overbilled = days[3]
+    days = last_complete_days(35)
+    week = days[-7:]
+    overbilled = week[3]
     settings = FinopsSettings.from_env({"FINOPS_HOME": str(home)})
 
     # The summary a finance lead reads: each provider's own verdict, a total per day, one failing day.
     lines = [line for line in run.stdout.splitlines()
-             if line[:10] in {d.isoformat() for d in days} and line[10:12] == "  "]  # the table's rows
+             if line[:10] in {d.isoformat() for d in week} and line[10:12] == "  "]  # the table's rows
     totals = {line[:10]: line for line in lines if line[12:].startswith("total")}
     assert {day for day, line in totals.items() if "check FAIL (ERROR)" in line} == {overbilled.isoformat()}
     [openai] = [line for line in lines if line.startswith(f"{overbilled}  openai")]
@@ -51,6 +53,25 @@ def test_demo_week_reconciles_with_exactly_the_overbilled_day_failing(tmp_path):
     assert sorted(query(settings, "SELECT DISTINCT day FROM cost_reconciliation WHERE NOT final")) == [
         (d,) for d in days[-2:]]
 
+    # The controls: analytics-team crosses 80% and then, on the last day (the prompt regression), 100%; each
+    # threshold alerted once; the regression explained; no weekend dip flagged.
+    last = days[-1]
+    [analytics] = [line for line in run.stdout.splitlines() if line.startswith("  analytics-team ")]
+    assert "crossed 100%" in analytics and "largest: feature report-writer" in analytics
+    alerted = dict(query(settings, "SELECT threshold, day FROM budget_alerts WHERE budget = 'analytics-team'"))
+    assert alerted["100"] == last and alerted["80"] <= last
+    if sum(d.month == last.month for d in days) >= 10:  # early in a month, every threshold falls on its first days
+        assert alerted["80"] < last
+    [(cause, explanation)] = query(settings, "SELECT cause, explanation FROM cost_anomalies WHERE day = ? AND "
+                                             "dimension = 'feature' AND value = 'report-writer'", [last])
+    assert cause == "prompt version" and "prompt weekly-report v7 (first seen today) costs ×" in explanation
+    assert f"[prompt version] {explanation}" in run.stdout
+    assert query(settings, "SELECT count(*) FROM cost_anomalies WHERE day < ?", [last]) == [(0,)]
+    weekend = [d for d in days[28:-1] if d.weekday() >= 5]
+    assert weekend and query(settings, "SELECT count(DISTINCT day) FROM materialized_days WHERE asset = "
+                                       "'cost_anomalies' AND list_contains(?, day)", [weekend]) == [(len(weekend),)]
+    assert "all spend: $" in run.stdout and "backtests" in run.stdout
+
     # Each day's check result is that day's, on the instance `make dev` opens; the failing day's run is failed.
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         latest: dict[str, str] = {}
@@ -63,7 +84,7 @@ def test_demo_week_reconciles_with_exactly_the_overbilled_day_failing(tmp_path):
 
     recon = query(settings, """
         SELECT day, provider, gap_pct FROM cost_reconciliation WHERE depth = 'provider' AND provider IN ('openai', 'anthropic')""")
-    assert len(recon) == 14
+    assert len(recon) == 2 * len(days)
     for day, provider, gap in recon:
         if (day, provider) == (overbilled, "openai"):
             assert 12 < gap < 14.5  # billed ~15% above traced: 13% of the bill
@@ -89,7 +110,7 @@ def test_demo_week_reconciles_with_exactly_the_overbilled_day_failing(tmp_path):
         SELECT sum(cost_usd) FILTER (WHERE allocation['team'] = 'unallocated') / sum(cost_usd) FROM langfuse_generations""")
     assert 0.02 < unallocated_share < 0.2
     [(generations,)] = query(settings, "SELECT count(*) FROM langfuse_generations")
-    assert generations == 7 * 600
+    assert generations == sum(round(1500 * (WEEKEND_VOLUME if d.weekday() >= 5 else 1)) for d in days)
 
 
 def test_demo_days_are_the_last_complete_utc_days():

@@ -166,8 +166,9 @@ def test_projects_of_one_organisation_share_its_rate_limit(settings):
     assert result.success
     times = sorted(t for t, path, _ in server.arrivals)
     assert len(times) == 8  # per project: its identity, two windows, the day's totals
-    # one slot per 250 ms across both projects (late is possible on a busy machine, early never)
-    assert all(b - a >= 0.25 - 0.01 for a, b in zip(times, times[1:]))
+    # one slot per 250 ms across both projects: 8 requests span at least 7 slots (two limiters would take
+    # about half that). The span, not each gap: a busy machine can deliver one request late and the next on time.
+    assert times[-1] - times[0] >= 7 * 0.25 - 0.1
 
 
 def test_a_rejected_key_pair_is_named_by_its_variables(settings, legacy):

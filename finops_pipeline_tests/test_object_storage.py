@@ -3,7 +3,7 @@ loopback, reached the standard AWS way)."""
 
 from pathlib import Path
 
-from finops_pipeline.demo.sample_data import write_sample
+from finops_pipeline.demo.sample_data import WEEKEND_VOLUME, write_sample
 from finops_pipeline_tests.conftest import (
     BUCKET,
     DAY,
@@ -37,7 +37,7 @@ def test_the_seed_day_read_from_s3_equals_the_same_day_read_from_the_local_folde
 
     a_settings = replace_settings(settings, home=str(tmp_path / "a"))
     staged = query(a_settings, f"SELECT {COLUMNS} FROM langfuse_generations ORDER BY observation_id")
-    assert len(staged) == 400 and query(in_bucket, f"SELECT {COLUMNS} FROM langfuse_generations ORDER BY observation_id") == staged
+    assert len(staged) == round(400 * WEEKEND_VOLUME) and query(in_bucket, f"SELECT {COLUMNS} FROM langfuse_generations ORDER BY observation_id") == staged
     assert {f for (f,) in query(in_bucket, "SELECT DISTINCT source_file FROM langfuse_generations")} == {
         f"s3://{BUCKET}/langfuse/{Path(f).relative_to(local)}"
         for (f,) in query(a_settings, "SELECT DISTINCT source_file FROM langfuse_generations")}

@@ -1,4 +1,5 @@
-"""`python -m finops_pipeline.demo`: write a sample week, materialise every day, print what finance sees."""
+"""`python -m finops_pipeline.demo`: write five weeks of sample data and a budgets file, materialise every day,
+print what finance sees."""
 
 import argparse
 import os
@@ -10,7 +11,8 @@ import duckdb
 
 from finops_pipeline.definitions import ASSETS, CHECKS, build_resources, is_check_failure
 from finops_pipeline.demo.sample_data import last_complete_days, write_sample
-from finops_pipeline.demo.summary import print_summary
+from finops_pipeline.demo.budgets_file import write_demo_budgets
+from finops_pipeline.demo.summary import print_controls, print_summary
 from finops_pipeline.schedules import daily_finops_job
 from finops_pipeline.settings import FinopsSettings
 
@@ -21,8 +23,8 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--days", type=int, default=7, help="how many complete days, ending yesterday (UTC)")
-    parser.add_argument("--generations-per-day", type=int, default=8000)
+    parser.add_argument("--days", type=int, default=35, help="how many complete days, ending yesterday (UTC)")
+    parser.add_argument("--generations-per-day", type=int, default=3000, help="on a weekday; weekends make fewer")
     args = parser.parse_args()
 
     settings = FinopsSettings.from_env()
@@ -30,7 +32,8 @@ def main() -> int:
     sample = write_sample(Path(settings.home), days, args.generations_per_day,
                           Path(settings.langfuse_export_dir), Path(settings.billing_dir))
     print(f"Wrote {sample.generations:,} generations for {days[0]} .. {days[-1]} to {settings.langfuse_export_dir}")
-    print(f"and the OpenAI and Anthropic bills to {settings.billing_dir}\n")
+    print(f"and the OpenAI and Anthropic bills to {settings.billing_dir}")
+    print(write_demo_budgets(settings.budgets_path, sample) + "\n")
 
     # Runs land in the Dagster instance `make dev` opens, so they show in the UI afterwards.
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
@@ -56,7 +59,8 @@ def main() -> int:
             return 1
         print(f"materialised {day}: run {result.run_id[:8]} {status}")
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as conn:
-        print_summary(conn, days, checks, settings)
+        print_summary(conn, days[-7:], checks, settings)
+        print_controls(conn, days[-1], checks[days[-1].isoformat()])
     return 0
 
 

@@ -49,6 +49,8 @@ CUSTOMERS = {f"cust-{name}": tier for name, tier in [
     ("acme", "enterprise"), ("globex", "enterprise"), ("initech", "pro"), ("umbrella", "enterprise"),
     ("hooli", "pro"), ("stark", "enterprise"), ("wayne", "pro"), ("tyrell", "pro"), ("soylent", "free"),
     ("wonka", "free"), ("cyberdyne", "pro"), ("aperture", "free")]}
+REGRESSED_FEATURE = "report-writer"  # the demo's last day ships a prompt version that costs ten times more
+WEEKEND_VOLUME = 0.55  # the share of a weekday's calls made on a Saturday or Sunday
 # Models that are new to Langfuse: it sends no cost, the price table knows them.
 LANGFUSE_UNPRICED = {"claude-haiku-4-5-20251001"}
 
@@ -58,6 +60,7 @@ class Sample:
     days: list[date]
     overbilled_day: date
     generations: int
+    team_cost: dict[tuple[date, str], float]  # Langfuse's cost per day and team, of the rows that name one
 
 
 def last_complete_days(n: int, today: date | None = None) -> list[date]:
@@ -82,7 +85,7 @@ def _usd(tokens: dict[str, int], price: pricing.Rates) -> dict[str, Decimal]:
     return cost
 
 
-def _generation(rng: random.Random, day: date, moment: datetime, obs_id: str) -> dict:
+def _generation(rng: random.Random, day: date, moment: datetime, obs_id: str, regression: bool = False) -> dict:
     feature = rng.choices(list(FEATURE_WEIGHTS), weights=list(FEATURE_WEIGHTS.values()))[0]
     team, prompt, models, typical_in, typical_out = FEATURES[feature]
     model = rng.choices([m for m, _ in models], weights=[w for _, w in models])[0]
@@ -91,6 +94,10 @@ def _generation(rng: random.Random, day: date, moment: datetime, obs_id: str) ->
     input_tokens = max(1, int(rng.lognormvariate(0, 0.5) * typical_in))
     cached = int(input_tokens * rng.choice([0, 0, 0.3, 0.6])) if not model.startswith(UNPRICED_MODEL) else 0
     output = max(1, int(rng.lognormvariate(0, 0.6) * typical_out))
+    version = rng.choice([3, 4])
+    if feature == REGRESSED_FEATURE:  # its prompt is at v6; the regression ships v7, which writes ten times more
+        version = 7 if regression else 6
+        output *= 10 if regression else 1
     reasoning = int(output * 0.8) if model.startswith("o4") else 0
     usage = {"input": input_tokens - cached, "output": output - reasoning, "input_cached_tokens": cached}
     if reasoning:
@@ -132,7 +139,7 @@ def _generation(rng: random.Random, day: date, moment: datetime, obs_id: str) ->
         # the events table's total_cost is cost_details['total']: 0, not null, when Langfuse had no price
         "total_cost": cost_details.get("total", 0.0),
         "prompt_name": prompt,
-        "prompt_version": rng.choice([3, 4]),
+        "prompt_version": version,
         "tags": tags,
         "trace_name": feature,
         "metadata": metadata,
@@ -153,16 +160,17 @@ def _midnight_row(day: date, seed: int) -> dict:
     return _generation(rng, day, datetime(day.year, day.month, day.day), f"obs-{day.isoformat()}-midnight")
 
 
-def day_rows(day: date, generations: int, seed: int) -> list[dict]:
+def day_rows(day: date, generations: int, seed: int, regression: bool = False) -> list[dict]:
     """The observations of `day`, the `seed`-th day of the sample, ordered by start time: generations, a
-    few spans, and the boundary rows."""
+    few spans, and the boundary rows. `regression`: the day report-writer's prompt v7 ships."""
     rng = random.Random(f"finops-demo-{seed}")
     start = datetime(day.year, day.month, day.day)
     rows = [_midnight_row(day, seed)]
     for i in range(generations - 2):
         moment = start + timedelta(microseconds=rng.randrange(1, 86_400_000_000))
-        rows.append(_generation(rng, day, moment, f"obs-{day.isoformat()}-{i:07d}"))
-    rows.append(_generation(rng, day, start + timedelta(days=1, microseconds=-1000), f"obs-{day.isoformat()}-last"))
+        rows.append(_generation(rng, day, moment, f"obs-{day.isoformat()}-{i:07d}", regression))
+    rows.append(_generation(rng, day, start + timedelta(days=1, microseconds=-1000), f"obs-{day.isoformat()}-last",
+                            regression))
     for i in range(generations // 100):
         rows.append(_span(rng, start + timedelta(microseconds=rng.randrange(0, 86_400_000_000)), f"span-{day}-{i}"))
     rows.sort(key=lambda r: r["start_time"])
@@ -184,12 +192,14 @@ def _cell(value) -> str:
 
 
 def _write_csv_gz(path: Path, rows: list[dict], cell=_cell) -> None:
-    """As Langfuse writes CSV: header from the first row (none for an empty window: the file is empty),
-    every cell quoted, each value as `cell` renders it."""
+    """As Langfuse writes CSV: a header (none for an empty window: the file is empty), every cell quoted,
+    each value as `cell` renders it. Every row of a Langfuse export has every column; the sample's spans
+    carry fewer keys, so the header is every key any row has (from the first row alone, a window that
+    opens with a span would lose the generations' model and usage)."""
     if not rows:
         with gzip.open(path, "wt", encoding="utf-8"):
             return
-    header = list(rows[0])
+    header = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
     writer.writerow(header)
@@ -357,14 +367,23 @@ def write_billing_day(billing_dir: Path, day: date, rows: list[dict], overbill: 
 
 def write_sample(home: Path, days: list[date], generations_per_day: int = 8000,
                  export_dir: Path | None = None, billing_dir: Path | None = None) -> Sample:
-    """Write the export and the bills for `days`; the fourth day (or the last, if fewer) is overbilled."""
+    """Write the export and the bills for `days`; the fourth day of the last week is overbilled. Weekends make
+    WEEKEND_VOLUME of a weekday's calls. With four weeks or more before it, the last day ships
+    report-writer's costly prompt v7 (the demo's anomaly)."""
     export_dir = export_dir or home / "langfuse-export"
     billing_dir = billing_dir or home / "billing"
-    overbilled = days[min(3, len(days) - 1)]
-    total = 0
+    overbilled = days[max(0, len(days) - 7) + min(3, len(days) - 1)]
+    total, team_cost = 0, {}
     for seed, day in enumerate(days):
-        rows = day_rows(day, generations_per_day, seed)
+        volume = WEEKEND_VOLUME if day.weekday() >= 5 else 1.0
+        rows = day_rows(day, max(2, round(generations_per_day * volume)), seed,
+                        regression=len(days) > 28 and day == days[-1])
         total += sum(1 for r in rows if r["type"] == "GENERATION")
+        for r in rows:
+            team = (r.get("metadata") or {}).get("team") or next(
+                (t.split(":", 1)[1] for t in r.get("tags") or [] if t.startswith("team:")), None)
+            if team and r["type"] == "GENERATION":
+                team_cost[(day, team)] = team_cost.get((day, team), 0.0) + (r.get("total_cost") or 0.0)
         write_export_day(export_dir, day, rows, seed, corrupt_line=(day == days[0]))
         write_billing_day(billing_dir, day, rows, overbill=(day == overbilled), seed=seed)
-    return Sample(days, overbilled, total)
+    return Sample(days, overbilled, total, team_cost)

@@ -89,3 +89,31 @@ def print_summary(conn: duckdb.DuckDBPyConnection, days: list[date], checks: dic
           "cost_reconciliation, quarantine)")
     print("Runs, checks and plots: `make dev`, then http://localhost:3000")
 
+
+
+def print_controls(conn: duckdb.DuckDBPyConnection, day: date, evaluations: list) -> None:
+    """Budgets, the month's projection and the day's anomalies, as of `day`, in a few lines."""
+    rows = conn.execute("SELECT * FROM budget_status WHERE day = ? ORDER BY amount_usd IS NULL, budget", [day]).df()
+    print(f"\nBudgets as of {day} (period to date; projected period end, 80% range)")
+    for r in rows.itertuples():
+        if r.amount_usd is None or r.amount_usd != r.amount_usd:  # the total: no amount
+            trust = (f"; the forecast was off by {r.backtest_mape_pct:.0f}% on average over its last "
+                     f"{r.backtest_forecasts} backtests" if r.backtest_forecasts else "; too new to backtest")
+            print(f"  all spend: ${r.spend_usd:,.2f} this month; projected ${r.projected_usd:,.2f} "
+                  f"(${r.projected_low_usd:,.2f}-${r.projected_high_usd:,.2f}) by {r.period_end:%m-%d}{trust}")
+            continue
+        crossed = f"crossed {r.threshold_crossed:g}%" if r.threshold_crossed == r.threshold_crossed and \
+            r.threshold_crossed is not None else "under every threshold"
+        print(f"  {r.budget:<15}{r.period:<10}${r.spend_usd:>9,.2f} of ${r.amount_usd:>9,.2f} ({r.share_pct:>4.0f}%)  "
+              f"{crossed:<22} projected ${r.projected_usd:,.2f} ({r.projected_share_pct:.0f}%); largest: {r.contributors}")
+    alerts = conn.execute("SELECT budget, threshold, day FROM budget_alerts ORDER BY day, budget, threshold").fetchall()
+    for budget, threshold, when in alerts:
+        if when.month == day.month or when >= day.replace(day=1):
+            print(f"    alerted {when}: {budget} {threshold}{'' if threshold.startswith('projected') else '%'}")
+    found = conn.execute("SELECT cause, explanation FROM cost_anomalies WHERE day = ? ORDER BY abs(cost_usd - usual_usd) DESC",
+                         [day]).fetchall()
+    print(f"\nAnomalies on {day} (against the same weekday of the four weeks before)")
+    for cause, explanation in found:
+        print(f"  [{cause}] {explanation}")
+    if not found:
+        print("  none")

@@ -1,0 +1,95 @@
+"""cost_anomalies: the day's series that moved against their usual weekday, each with its cause; its check
+alerts each anomaly once."""
+
+
+from datetime import date, timedelta
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from finops_pipeline.anomalies import WEEKS, detect, explain, stage_series
+from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
+from finops_pipeline.settings import FinopsSettings
+from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
+
+ANOMALY_CHECK = "no_cost_anomaly"
+EPISODE_GAP_DAYS = 7  # a series flagged again within a week is the same anomaly going on (a lasting step
+# is flagged on most days until the four-week usual takes it in; one alert for it)
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    pool=WAREHOUSE_POOL,
+    group_name="controls",
+    kinds={"duckdb"},
+    deps=["allocated_costs"],
+    description=(
+        "The day's cost anomalies of each series (FINOPS_ANOMALY_DIMENSIONS, default feature, team, customer_id, "
+        "model; and all spend) against the same weekday of the previous four weeks, on traced cost: spikes and "
+        "drops past a robust score, a ratio of 1.5 and a dollar floor (FINOPS_ANOMALY_FLOOR_USD), each with its "
+        "cause (volume, unit cost, model switch, a new prompt version, silence) in a sentence."),
+    check_specs=[daily_check(
+        ANOMALY_CHECK, "cost_anomalies",
+        description="WARN naming every anomaly of the day and its cause; an anomaly that goes on over several days "
+                    "is alerted once, on its first day.")],
+)
+def cost_anomalies(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
+                   settings: FinopsSettings) -> dg.MaterializeResult:
+    day = partition_day(context)
+    keys = set(settings.allocation_keys) | {"model", "provider", "project_id"}
+    dimensions = [d for d in settings.anomaly_dimensions if d in keys]
+    with connect(duckdb) as conn:
+        stage_series(conn, dimensions, day - timedelta(days=max(WEEKS)), day)
+        weeks = conn.execute("SELECT count(*) FROM calendar WHERE day < ? AND (? - day) % 7 = 0",
+                             [day, day]).fetchone()[0]
+        found = detect(conn, day, day, settings.anomaly_floor_usd)
+        causes = explain(conn, found, day)
+        frame = found.assign(cause=[c.cause for c in causes], explanation=[c.explanation for c in causes],
+                             cost_usd=found["cost"], usual_usd=found["usual"])
+        conn.register("anomaly_rows", frame[["day", "dimension", "value", "direction", "cost_usd", "usual_usd",
+                                             "score", "calls", "usual_calls", "cause", "explanation"]])
+        with transaction(conn):
+            rows = replace_partition(conn, "cost_anomalies", day, "SELECT * FROM anomaly_rows")
+            new = [r for r in frame.itertuples() if _new_episode(conn, r.dimension, r.value, r.direction, day)]
+        conn.unregister("anomaly_rows")
+    check = _check(frame, new, weeks, day)
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": rows, "anomalies": rows,
+                  "anomaly_cost_change_usd": float((frame["cost"] - frame["usual"]).sum()) if rows else 0.0,
+                  "weeks_of_history": weeks, "series_dimensions": ", ".join(dimensions),
+                  **({"anomalies_found": dg.MetadataValue.md(
+                      pd.DataFrame({"series": frame["dimension"] + " " + frame["value"], "cause": frame["cause"],
+                                    "explanation": frame["explanation"]}).to_markdown(index=False))} if rows else {})},
+        check_results=[check])
+
+
+def _new_episode(conn, dimension: str, value: str, direction: str, day: date) -> bool:
+    """Record the anomaly; True when it starts an episode (not the same series and direction flagged within
+    EPISODE_GAP_DAYS before, nor a re-run of a day already recorded)."""
+    going_on = conn.execute("""
+        UPDATE anomaly_alerts SET last_day = greatest(last_day, $day)
+        WHERE dimension = $dimension AND value = $value AND direction = $direction
+          AND first_day <= $day AND last_day >= $day - $gap RETURNING 1""",
+                            {"day": day, "dimension": dimension, "value": value, "direction": direction,
+                             "gap": EPISODE_GAP_DAYS}).fetchall()
+    if going_on:
+        return False
+    conn.execute("INSERT OR IGNORE INTO anomaly_alerts VALUES (?, ?, ?, ?, ?)", [dimension, value, direction, day, day])
+    return True
+
+
+def _check(frame: pd.DataFrame, new: list, weeks: int, day: date) -> dg.AssetCheckResult:
+    if frame.empty:
+        description = (f"No anomaly on {day}: every series within its usual weekday ({weeks} earlier weeks allocated)"
+                       if weeks >= 3 else
+                       f"Not judged: {weeks} earlier weeks of this weekday allocated, 3 needed for a usual.")
+    else:
+        description = f"{len(frame)} anomalies on {day}: " + "; ".join(
+            f"[{r.cause}] {r.explanation}" for r in frame.itertuples())
+    return dg.AssetCheckResult(
+        check_name=ANOMALY_CHECK, passed=frame.empty, severity=dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata={"anomalies": len(frame), "new_alerts": len(new),
+                  "alert": "; ".join(f"[{r.cause}] {r.explanation}" for r in new) or "none",
+                  "weeks_of_history": weeks})
