@@ -45,7 +45,8 @@ def uncovered_day_message(export_dir: str, day: date, gaps: list[Coverage]) -> s
     return (f"The Langfuse export does not cover {day}, so its cost is unknown (not $0) and nothing is "
             f"delivered: {'; '.join(parts)}. A day past the last window: re-run once the export has caught up. "
             "A day before the first: the export was started later (its start date or mode), so Langfuse never "
-            "exported it. A hole between windows: an export run failed or its manifest is missing.")
+            "exported it. A hole between windows: an export run failed or its manifest is missing. One project "
+            "of several that was retired or started later: name the projects to read in FINOPS_LANGFUSE_PROJECTS.")
 
 
 def export_completeness(conn: duckdb.DuckDBPyConnection, files: list[ExportFile],

@@ -25,7 +25,7 @@ from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.sources import api_legacy, api_v2
 from finops_pipeline.sources.api_pages import PageLoader
 from finops_pipeline.sources.export_files import read_files
-from finops_pipeline.sources.export_listing import ENRICHED, TRACE_MARGIN, list_export_files, plan_day
+from finops_pipeline.sources.export_listing import ENRICHED, TRACE_MARGIN, list_export_files, plan_day, unproven
 from finops_pipeline.sources.langfuse_api import (
     EndpointMissing, FetchStats, LangfuseApi, LangfuseApiError, RateLimiter, ServerTotals, Window,
 )
@@ -52,7 +52,12 @@ def extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: Fino
         listing = list_export_files(export_dir)
     except ExportLocationError as exc:
         raise dg.Failure(str(exc)) from None
-    plan = plan_day(listing.files, start, end)
+    wanted = set(settings.langfuse_projects)
+    files = [f for f in listing.files if not wanted or posixpath.basename(f.project) in wanted]
+    if wanted and not files:
+        raise dg.Failure(f"No project of FINOPS_LANGFUSE_PROJECTS ({', '.join(sorted(wanted))}) under {export_dir}; "
+                         f"it holds {', '.join(sorted({posixpath.basename(f.project) for f in listing.files}))}.")
+    plan = plan_day(files, start, end)
     if plan.gaps or not plan.layouts:
         raise dg.Failure(uncovered_day_message(export_dir, day, plan.gaps))
     for path in listing.unlisted:
@@ -68,6 +73,12 @@ def extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: Fino
             raise dg.Failure(str(exc)) from None
         files = [replace(f, local=copies[f.path]) if location.remote and not f.absent else f for f in plan.files]
         rejected = read_files(conn, files, settings.vocabulary)
+    rank = {f.path: i for i, f in enumerate(plan.files)}
+    why = unproven(plan.assumed, lambda f, since: conn.execute(
+        "SELECT count(*) FROM scratch.observations WHERE file_rank = ? AND start_time < ?",
+        [rank[f.path], since.replace(tzinfo=None)]).fetchone()[0], day)
+    if why:
+        raise dg.Failure(why)
     layouts = sorted(set(plan.layouts.values()))
     metadata = {"source": f"blob export {export_dir}", "export_layout": ", ".join(layouts),
                 "projects": len(plan.layouts), "files_read": len(files),
@@ -129,12 +140,14 @@ def extract_from_api(context, conn: duckdb.DuckDBPyConnection, langfuse: Langfus
                     project_id, organisation = api.project()
                 except LangfuseApiError as exc:
                     raise dg.Failure(str(exc)) from None
-                if (api.host, project_id) in read_by:  # read twice, its cost would be counted twice
-                    first = read_by[(api.host, project_id)]
+                # The same project twice (the same host, or the same keys under another name of the host):
+                # read once, or its figures would be shown twice
+                seen = [read_by[k] for k in ((api.host, project_id), (pair.public_key, project_id)) if k in read_by]
+                if seen:
                     context.log.warning(f"{pair.variables} are keys of project {project_id} at {api.host}, as "
-                                        f"{first.variables} are: it is read once.")
+                                        f"{seen[0].variables} are: it is read once.")
                     continue
-                read_by[(api.host, project_id)] = pair
+                read_by[(api.host, project_id)] = read_by[(pair.public_key, project_id)] = pair
                 key = (api.host, organisation or api.host)
                 if key not in by_organisation:
                     taken = any(limiter is host_limiter for limiter in by_organisation.values())

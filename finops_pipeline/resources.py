@@ -93,6 +93,10 @@ class LangfuseApiResource(dg.ConfigurableResource):
         values: dict[str, object] = {
             "host": env.get("LANGFUSE_BASE_URL") or env.get("LANGFUSE_HOST") or DEFAULT_HOST,
         }
+        if bool(env.get("LANGFUSE_PUBLIC_KEY")) != bool(env.get("LANGFUSE_SECRET_KEY")):
+            have, lack = (("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY") if env.get("LANGFUSE_PUBLIC_KEY")
+                          else ("LANGFUSE_SECRET_KEY", "LANGFUSE_PUBLIC_KEY"))
+            raise ValueError(f"{have} is set but {lack} is not: a project needs both keys (neither: read the export).")
         if env.get("LANGFUSE_PUBLIC_KEY") and env.get("LANGFUSE_SECRET_KEY"):
             values["public_key"] = dg.EnvVar("LANGFUSE_PUBLIC_KEY")
             values["secret_key"] = dg.EnvVar("LANGFUSE_SECRET_KEY")
@@ -102,8 +106,13 @@ class LangfuseApiResource(dg.ConfigurableResource):
             if not match or not env[variable]:
                 continue
             suffix = match.group(1)
+            if suffix.lower() == DEFAULT_PAIR:
+                raise ValueError(f"{variable}: `{suffix}` names the pair LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY; "
+                                 "give this project another name.")
             if not env.get(f"LANGFUSE_SECRET_KEY_{suffix}"):
-                raise ValueError(f"{variable} is set but LANGFUSE_SECRET_KEY_{suffix} is not: a project needs both keys.")
+                near = [v for v in env if v.lower() == f"langfuse_secret_key_{suffix}".lower()]
+                raise ValueError(f"{variable} is set but LANGFUSE_SECRET_KEY_{suffix} is not: a project needs both keys"
+                                 + (f" (there is {near[0]}: the name is taken as written)." if near else "."))
             if suffix.lower() in seen:  # _Support and _SUPPORT: one name in every message, so one of them
                 raise ValueError(f"{seen[suffix.lower()]} and {variable} name the same project "
                                  f"({suffix.lower()}): keep one.")
@@ -111,6 +120,11 @@ class LangfuseApiResource(dg.ConfigurableResource):
             more.append(LangfuseProject(
                 name=suffix.lower(), suffix=suffix, host=env.get(f"LANGFUSE_BASE_URL_{suffix}") or env.get(f"LANGFUSE_HOST_{suffix}"),
                 public_key=dg.EnvVar(variable), secret_key=dg.EnvVar(f"LANGFUSE_SECRET_KEY_{suffix}")))
+        lone = sorted(v for v in env if v.startswith("LANGFUSE_SECRET_KEY_") and env[v]
+                      and not env.get("LANGFUSE_PUBLIC_KEY_" + v.removeprefix("LANGFUSE_SECRET_KEY_")))
+        if lone:
+            raise ValueError(f"{lone[0]} is set but LANGFUSE_PUBLIC_KEY_{lone[0].removeprefix('LANGFUSE_SECRET_KEY_')} "
+                             "is not: a project needs both keys.")
         values["more_projects"] = more
         for field_name, var in (("requests_per_minute", "FINOPS_LANGFUSE_REQUESTS_PER_MINUTE"),
                                 ("concurrency", "FINOPS_LANGFUSE_CONCURRENCY")):

@@ -45,10 +45,12 @@ ENV_VARS = {
     "lookback_days": "FINOPS_LOOKBACK_DAYS",
     "dagster_url": "FINOPS_DAGSTER_URL",
     "budgets_file": "FINOPS_BUDGETS_FILE",
+    "langfuse_projects": "FINOPS_LANGFUSE_PROJECTS",
     "anomaly_dimensions": "FINOPS_ANOMALY_DIMENSIONS",
     "anomaly_floor_usd": "FINOPS_ANOMALY_FLOOR_USD",
 }
-LIST_FIELDS = ("allocation_keys", "billed_providers", "finout_dimensions", "hashed_dimensions", "anomaly_dimensions")
+LIST_FIELDS = ("allocation_keys", "billed_providers", "finout_dimensions", "hashed_dimensions", "anomaly_dimensions",
+               "langfuse_projects")
 
 # Columns of the Finout file that are not allocation keys.
 RESERVED_COLUMNS = {"usagedate", "cost", "source", "service_name", "provider", "model", "project_id"}
@@ -136,6 +138,8 @@ class FinopsSettings(dg.ConfigurableResource):
         description="How far (% of the server's figure) the day's extracted count or cost may be from Langfuse's own "
                     "totals before the completeness check fails (late data can move the server's figure).",
     )
+    langfuse_projects: list[str] = Field(
+        default=[], description="The project ids read from the export prefix; empty: every {projectId} folder under it.")
     budgets_file: str = Field(default="", description="The budgets YAML; unset: FINOPS_HOME/budgets.yaml (none: no budgets).")
     anomaly_dimensions: list[str] = Field(
         default=["feature", "team", "customer_id", "model"],

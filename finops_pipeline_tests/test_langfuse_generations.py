@@ -106,6 +106,38 @@ def test_export_without_manifests_reads_windows_from_file_names(settings):
     assert staged_ids(settings) == ["h0", "h12", "h18", "h24", "h6"]
 
 
+def test_an_export_without_manifests_whose_early_files_are_gone_proves_nothing_before_them(settings):
+    """A lifecycle rule removed the files before 13:00: the first file left holds only its own hour, so
+    neither the morning nor the day before is taken as empty."""
+    start, _ = day_window()
+    for hour in range(13, 25):
+        write_export_file(export_dir(settings), start + timedelta(hours=hour - 1), start + timedelta(hours=hour),
+                          [generation(f"h{hour}", f"2026-11-21 {hour - 1:02d}:30:00.000000")], manifest=False)
+    for day in (DAY, DAY - timedelta(days=1)):
+        result = materialize_day(settings, day, selection=STAGE)
+        assert not result.success
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        message = failure.step_failure_data.error.message
+        assert "observations_v2/2026-11-21T13-00-00.jsonl.gz is the export's first file and has no manifest, and " \
+               "it holds no row from before 2026-11-21 12:00:00 UTC" in message
+        assert f"nothing proves {day} before then empty" in message and "(not $0)" in message
+    assert query(settings, "SELECT count(*) FROM langfuse_generations") == [(0,)]
+
+
+def test_the_first_run_of_an_export_without_manifests_holds_the_days_before_it(settings):
+    """Langfuse's first run exports from the oldest row on: its one file covers the days before it."""
+    start, _ = day_window()
+    history = [generation("old", "2026-11-19 10:00:00.000000"), generation("yesterday", "2026-11-20 08:00:00.000000"),
+               generation("h0", "2026-11-21 00:30:00.000000")]
+    write_export_file(export_dir(settings), start, start + timedelta(hours=1), history, manifest=False)
+    for hour in range(2, 25):
+        write_export_file(export_dir(settings), start + timedelta(hours=hour - 1), start + timedelta(hours=hour),
+                          [], manifest=False)
+    assert materialize_day(settings, DAY - timedelta(days=1), selection=STAGE).success
+    assert staged_ids(settings) == ["yesterday"]
+    assert materialize_day(settings, DAY, selection=STAGE).success
+
+
 def test_tokens_by_kind_prompt_text_never_stored(settings):
     row = generation("o", "2026-11-21 10:00:00.000000", usage={
         "input": 100, "input_cached_tokens": 40, "cache_creation_input_tokens": 7, "output": 30,

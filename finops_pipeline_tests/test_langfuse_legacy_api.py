@@ -183,9 +183,11 @@ def test_a_rejected_key_pair_is_named_by_its_variables(settings, legacy):
     assert {path for _, path, _ in legacy.arrivals} == {"/api/public/projects"}
 
 
-def test_two_key_pairs_of_one_project_read_it_once(settings, legacy, capfd):
+@pytest.mark.parametrize("host", [None, "localhost"], ids=["same host", "another name of the host"])
+def test_two_key_pairs_of_one_project_read_it_once(settings, legacy, capfd, host):
     langfuse = langfuse_for(legacy, more_projects=[
-        LangfuseProject(name="again", public_key=legacy.public_key, secret_key=legacy.secret_key)])
+        LangfuseProject(name="again", public_key=legacy.public_key, secret_key=legacy.secret_key,
+                        host=host and legacy.url.replace("127.0.0.1", host))])
     result = materialize_day(settings, selection=["langfuse_generations"], langfuse=langfuse)
     assert result.success
     assert query(settings, "SELECT count(*) FROM langfuse_generations")[0][0] == STAGED
@@ -225,6 +227,17 @@ def test_a_key_pair_suffix_is_taken_as_written():
     assert (pair.name, pair.host, pair.variables) == (
         "staging", "https://staging.internal", "LANGFUSE_PUBLIC_KEY_Staging and LANGFUSE_SECRET_KEY_Staging")
     assert pair.secret_key.env_var_name == "LANGFUSE_SECRET_KEY_Staging"
+    for env, message in [
+        ({"LANGFUSE_PUBLIC_KEY": "pk"}, "LANGFUSE_PUBLIC_KEY is set but LANGFUSE_SECRET_KEY is not"),
+        ({"LANGFUSE_SECRET_KEY": "sk"}, "LANGFUSE_SECRET_KEY is set but LANGFUSE_PUBLIC_KEY is not"),
+        ({"LANGFUSE_SECRET_KEY_EU": "sk"}, "LANGFUSE_SECRET_KEY_EU is set but LANGFUSE_PUBLIC_KEY_EU is not"),
+        ({"LANGFUSE_PUBLIC_KEY_b": "pk", "LANGFUSE_SECRET_KEY_B": "sk"}, "(there is LANGFUSE_SECRET_KEY_B: the name is "
+                                                                          "taken as written)"),
+        ({"LANGFUSE_PUBLIC_KEY_DEFAULT": "pk", "LANGFUSE_SECRET_KEY_DEFAULT": "sk"}, "give this project another name"),
+    ]:
+        with pytest.raises(ValueError) as error:
+            LangfuseApiResource.from_env(env)
+        assert message in str(error.value)
     with pytest.raises(ValueError, match="LANGFUSE_PUBLIC_KEY_STAGING and LANGFUSE_PUBLIC_KEY_Staging name the same"):
         LangfuseApiResource.from_env({"LANGFUSE_PUBLIC_KEY_Staging": "pk", "LANGFUSE_SECRET_KEY_Staging": "sk",
                                       "LANGFUSE_PUBLIC_KEY_STAGING": "pk", "LANGFUSE_SECRET_KEY_STAGING": "sk"})

@@ -333,7 +333,8 @@ def test_several_projects_under_one_prefix_are_all_read_and_project_id_is_a_fino
     write_legacy_days(export_dir(settings), [(day, rows, seed)])
     write_export_day(export_dir(settings), day, cloud, seed, project_id="cm-cloud")
     dimensions = replace_settings(settings, finout_dimensions=["project_id", "feature", "provider"])
-    result = materialize_day(dimensions, selection=["langfuse_generations", "allocated_costs", "finout_upload"])
+    result = materialize_day(dimensions, selection=["langfuse_generations", "allocated_costs", "finout_upload",
+                                                    "focus_export"])
     assert result.success
     meta = materialization_metadata(result, "langfuse_generations")
     assert meta["projects"] == 2 and meta["export_layout"] == "observations, observations_v2"
@@ -348,6 +349,10 @@ def test_several_projects_under_one_prefix_are_all_read_and_project_id_is_a_fino
     for line in csv.reader(io.StringIO("\n".join(delivered[1:]))):
         cost[line[2]] = cost.get(line[2], 0) + float(line[1])
     assert set(cost) == {PROJECT_ID, "cm-cloud"} and cost[PROJECT_ID] == pytest.approx(cost["cm-cloud"])
+    # the FOCUS file keeps the projects' rows apart and says whose they are: no two rows are the same
+    focus = list(csv.DictReader(io.StringIO((Path(settings.focus_dir) / "focus-2026-11-21.csv").read_text())))
+    assert {r["x_LangfuseProjectId"] for r in focus} == {PROJECT_ID, "cm-cloud"}
+    assert len({tuple(r.values()) for r in focus}) == len(focus)
     # without project_id among the dimensions, the two projects' rows of one feature and provider are one row
     undivided = replace_settings(settings, finout_dimensions=["feature", "provider"])
     assert materialize_day(undivided, selection=["finout_upload"]).success
@@ -355,3 +360,23 @@ def test_several_projects_under_one_prefix_are_all_read_and_project_id_is_a_fino
     keys = [tuple(line[2:]) for line in lines[1:]]
     assert lines[0] == ["UsageDate", "Cost", "feature", "provider"] and len(keys) == len(set(keys))
     assert sum(float(line[1]) for line in lines[1:]) == pytest.approx(sum(cost.values()))
+
+
+def test_a_retired_project_under_the_prefix_is_left_out_by_naming_the_projects_to_read(settings, sample):
+    """One project stopped exporting three days before the day: it blocks the day (its cost is unknown) until
+    the projects to read are named."""
+    [(day, rows, seed)] = [s for s in sample if s[0] == DAY]
+    write_export_day(export_dir(settings), day, rows, seed)
+    old = DAY - timedelta(days=3)
+    write_export_day(export_dir(settings), old, day_rows(old, 50, 9), 9, project_id="cm-retired")
+    result = materialize_day(settings, selection=["langfuse_generations"])
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "cm-retired/observations_v2 covers" in failure.step_failure_data.error.message
+    assert "name the projects to read in FINOPS_LANGFUSE_PROJECTS" in failure.step_failure_data.error.message
+    chosen = replace_settings(settings, langfuse_projects=[PROJECT_ID])
+    assert materialize_day(chosen, selection=["langfuse_generations"]).success
+    assert query(settings, "SELECT DISTINCT project_id FROM langfuse_generations") == [(PROJECT_ID,)]
+    wrong = materialize_day(replace_settings(settings, langfuse_projects=["cm-typo"]), selection=["langfuse_generations"])
+    [failure] = [e for e in wrong.all_events if e.is_step_failure]
+    assert f"No project of FINOPS_LANGFUSE_PROJECTS (cm-typo) under {export_dir(settings)}; it holds cm-demo-project, " \
+           "cm-retired" in failure.step_failure_data.error.message

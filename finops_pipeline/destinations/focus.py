@@ -22,7 +22,7 @@ FOCUS_COLUMNS = [
     "InvoiceIssuerName", "ListCost", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName",
     "ServiceCategory", "ServiceName", "ServiceSubcategory", "Tags",
 ]
-CUSTOM_COLUMNS = ["x_Model", "x_Feature", "x_Calls", "x_CostSource"]
+CUSTOM_COLUMNS = ["x_Model", "x_Feature", "x_Calls", "x_CostSource", "x_LangfuseProjectId"]
 
 
 def focus_rows_sql(allocation_keys: list[str], hashed: list[str]) -> str:
@@ -64,8 +64,10 @@ def focus_rows_sql(allocation_keys: list[str], hashed: list[str]) -> str:
             {safe_text("model")} AS x_Model,
             {safe_text(feature)} AS x_Feature,
             calls AS x_Calls,
-            source AS x_CostSource
+            source AS x_CostSource,
+            -- the Langfuse project traced in: rows of several projects stay apart (and say whose they are)
+            {safe_text("project_id")} AS x_LangfuseProjectId
         FROM delivered
         WHERE cost_usd <> 0
-        ORDER BY BilledCost DESC, x_Model, Tags
+        ORDER BY BilledCost DESC, x_Model, Tags, x_LangfuseProjectId
     """

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -146,6 +147,9 @@ class DayPlan:
     files: list[ExportFile]  # legacy observations, then enriched ones (which win on an id in both), then traces
     layouts: dict[str, str]  # project folder -> the layout read: observations_v2, observations, or both
     gaps: list[Coverage]  # projects whose day no layout covers: the day cannot be read
+    # A first file without a manifest, read for time before `since` (its end less its successors' window):
+    # it covers that time only if it holds rows from before `since` (see `unproven`)
+    assumed: list[tuple[ExportFile, datetime]] = field(default_factory=list)
 
 
 def plan_day(files: list[ExportFile], start: datetime, end: datetime) -> DayPlan:
@@ -158,7 +162,7 @@ def plan_day(files: list[ExportFile], start: datetime, end: datetime) -> DayPlan
     by_project: dict[str, dict[str, list[ExportFile]]] = {}
     for f in files:
         by_project.setdefault(f.project, {}).setdefault(f.table, []).append(f)
-    legacy_files, enriched_files, trace_files, layouts, gaps = [], [], [], {}, []
+    legacy_files, enriched_files, trace_files, layouts, gaps, assumed = [], [], [], {}, [], []
     for project, tables in sorted(by_project.items()):
         enriched, legacy = tables.get(ENRICHED, []), tables.get(LEGACY, [])
         if not enriched and not legacy:
@@ -183,11 +187,36 @@ def plan_day(files: list[ExportFile], start: datetime, end: datetime) -> DayPlan
         layouts[project] = name
         enriched_files += [f for f in e if f.overlaps(start, end)]
         legacy_files += read
+        window = _typical_window(e + l)
+        assumed += [(f, f.window_end - window) for f in e + l
+                    if f.window_start is None and start < f.window_end - window and f.overlaps(start, end)]
         if l:
             trace_files += [f for f in tables.get(TRACES, []) if f.overlaps(start - TRACE_MARGIN, end + TRACE_MARGIN)]
     order = lambda f: (f.window_end, f.path)  # noqa: E731
     return DayPlan(sorted(legacy_files, key=order) + sorted(enriched_files, key=order) + sorted(trace_files, key=order),
-                   layouts, gaps)
+                   layouts, gaps, assumed)
+
+
+def _typical_window(files: list[ExportFile]) -> timedelta:
+    """The median window of files whose start is known; an hour (Langfuse's shortest export frequency) else."""
+    spans = sorted(f.window_end - f.window_start for f in files if f.window_start is not None)
+    return spans[len(spans) // 2] if spans else timedelta(hours=1)
+
+
+def unproven(assumed: list[tuple[ExportFile, datetime]], rows_before: Callable[[ExportFile, datetime], int],
+             day: date) -> str | None:
+    """Why the day is not proven, when a first file without a manifest is all that covers part of it and holds
+    no row from before its own window: Langfuse's first run exports from the oldest row on, so such a file
+    holds history; one without it is not the first run (earlier files were removed, or the export started
+    later), and nothing proves the time before it empty. None when every such file holds history."""
+    for f, since in assumed:
+        if not rows_before(f, since):
+            return (f"{f.short} is the export's first file and has no manifest, and it holds no row from before "
+                    f"{since:%Y-%m-%d %H:%M:%S} UTC: it is not Langfuse's first run (which exports from the oldest "
+                    f"row on), so nothing proves {day} before then empty. Earlier files were removed, or the "
+                    "export started later: restore the files, or set FINOPS_START_DATE after the days the export "
+                    "does not hold. The day's cost is unknown (not $0) and nothing is delivered.")
+    return None
 
 
 @dataclass
