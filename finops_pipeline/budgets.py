@@ -26,7 +26,7 @@ import duckdb
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from finops_pipeline.cost_basis import prepare_delivered
+from finops_pipeline.cost_basis import prepare_delivered, unread_bills
 from finops_pipeline.warehouse import MONEY
 
 DEFAULT_THRESHOLDS = [50.0, 80.0, 100.0, 120.0]
@@ -44,22 +44,39 @@ class Budget(BaseModel):
     name: str = Field(min_length=1)
     scope: dict[str, str | list[str]] = Field(default_factory=dict)
     period: Literal["monthly", "quarterly", "weekly"]
-    amount_usd: Decimal = Field(gt=0)
+    amount_usd: Decimal = Field(gt=0, le=Decimal("1e15"), allow_inf_nan=False)  # fits the warehouse's DECIMAL
     thresholds: list[float] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS), min_length=1)
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _numbers(cls, value):
+        if isinstance(value, list) and any(isinstance(t, bool) or not isinstance(t, int | float) for t in value):
+            raise ValueError("every threshold is a number, a percentage of the amount")
+        return value
 
     @field_validator("thresholds")
     @classmethod
     def _positive_and_sorted(cls, value: list[float]) -> list[float]:
-        if any(t <= 0 for t in value):
+        if any(not 0 < t < float("inf") for t in value):
             raise ValueError("every threshold is a percentage above 0")
         return sorted(set(value))
+
+    @field_validator("scope", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value):
+        """An id written as a number (customer_id: 12345) is its text: allocation values are text."""
+        as_text = lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # noqa: E731
+        if isinstance(value, dict):
+            return {k: [as_text(x) for x in v] if isinstance(v, list) else as_text(v) for k, v in value.items()}
+        return value
 
     @field_validator("scope")
     @classmethod
     def _values(cls, value: dict) -> dict:
         for key, wanted in value.items():
-            if (isinstance(wanted, list) and not wanted) or (isinstance(wanted, str) and not wanted.strip()):
-                raise ValueError(f"scope key {key!r} has no value")
+            values = wanted if isinstance(wanted, list) else [wanted]
+            if not values or any(not v.strip() for v in values):
+                raise ValueError(f"scope key {key!r} has an empty value")
         return value
 
     def scope_text(self) -> str:
@@ -88,6 +105,17 @@ def _literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if twice:
+            raise yaml.constructor.ConstructorError(None, None, f"{', '.join(twice)} written twice", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def period_bounds(period: str, day: date) -> tuple[date, date]:
     if period == "weekly":
         start = day - timedelta(days=day.weekday())
@@ -105,11 +133,13 @@ def load_budgets(path: Path, scope_keys: list[str]) -> list[Budget]:
     if not path.exists():
         return []
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeys) or {}
     except yaml.YAMLError as exc:
         raise BudgetsFileError(f"{path}: not YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise BudgetsFileError(f"{path}: expected a mapping with a `budgets` list, got {type(raw).__name__}")
+    if raw.get("budgets", ()) is None:  # `budgets:` and nothing under it
+        raw = {**raw, "budgets": []}
     entries = raw.get("budgets") if isinstance(raw.get("budgets"), list) else []
     try:
         budgets = _File.model_validate(raw).budgets
@@ -142,7 +172,8 @@ def load_budgets(path: Path, scope_keys: list[str]) -> list[Budget]:
 def stage_spend(conn: duckdb.DuckDBPyConnection, first: date, last: date, basis: str, allocation_keys: list[str],
                 billed_providers: list[str]) -> list[date]:
     """The temp table `spend` (day, allocation, provider, model, project_id, calls, cost_usd) of the days in
-    [first, last] that allocated_costs has written, on `basis`. Returns the days of that span it has not."""
+    [first, last] that allocated_costs has written (and, on the invoice basis, whose bills were read), on
+    `basis`. Returns the days of that span that are not known."""
     written = [d for (d,) in conn.execute(
         "SELECT day FROM materialized_days WHERE asset = 'allocated_costs' AND day BETWEEN ? AND ? ORDER BY day",
         [first, last]).fetchall()]
@@ -154,6 +185,7 @@ def stage_spend(conn: duckdb.DuckDBPyConnection, first: date, last: date, basis:
     else:  # the invoice basis scales each day by its own bills: the delivery's SQL, day by day
         conn.execute(f"CREATE OR REPLACE TEMP TABLE spend (day DATE, allocation MAP(VARCHAR, VARCHAR), provider VARCHAR, "
                      f"model VARCHAR, project_id VARCHAR, calls BIGINT, cost_usd {MONEY})")
+        written = [d for d in written if not unread_bills(conn, d, billed_providers)]  # no bill read: unknown
         for day in written:
             prepare_delivered(conn, day, basis, allocation_keys, billed_providers)
             conn.execute(f"INSERT INTO spend SELECT {columns} FROM delivered")

@@ -91,11 +91,33 @@ def expected_total_sql(basis: str) -> str:
     """
 
 
+class BillNotRead(ValueError):
+    """On the invoice basis, a day whose bills were not read has an unknown cost, not $0."""
+
+
+def bill_assets(billed_providers: list[str]) -> list[str]:
+    """The assets that read the bills of `billed_providers` (and of the CSV drop)."""
+    return sorted({f"{p}_costs" if p in ("openai", "anthropic") else "other_provider_costs" for p in billed_providers}
+                  | {"other_provider_costs"})
+
+
+def unread_bills(conn: duckdb.DuckDBPyConnection, day: date, billed_providers: list[str]) -> list[str]:
+    """The bill assets that have not read `day` (materialized_days)."""
+    read = {a for (a,) in conn.execute("SELECT asset FROM materialized_days WHERE day = ?", [day]).fetchall()}
+    return [a for a in bill_assets(billed_providers) if a not in read]
+
+
 def prepare_delivered(conn: duckdb.DuckDBPyConnection, day: date, basis: str, allocation_keys: list[str],
                       billed_providers: list[str]) -> dict:
-    """The temp table `delivered`: the day's rows on `basis`. Returns the parameters its SQL took."""
+    """The temp table `delivered`: the day's rows on `basis`. Returns the parameters its SQL took.
+    Raises BillNotRead on the invoice basis when a bill asset has not read the day."""
     sql = delivered_sql(basis, allocation_keys)
     if basis == "invoice":
+        unread = unread_bills(conn, day, billed_providers)
+        if unread:
+            raise BillNotRead(f"On the invoice cost basis, {day} needs its bills, and {', '.join(unread)} "
+                              f"{'has' if len(unread) == 1 else 'have'} not read them: the day's cost is unknown, "
+                              "not $0. Materialize the day's bills first (the daily job runs them before delivery).")
         register_model_keys(conn, day)
     params = {"day": day, **({"billed_providers": billed_providers} if "$billed_providers" in sql else {})}
     conn.execute(f"CREATE OR REPLACE TEMP TABLE delivered AS {sql}", params)

@@ -17,6 +17,7 @@ from finops_pipeline.sources.observation_rows import Vocabulary
 
 DEFAULT_ALLOCATION_KEYS = ["feature", "customer_id", "team", "environment", "tier"]
 PROVIDERS = ("openai", "anthropic")
+DEFAULT_ANOMALY_DIMENSIONS = ("feature", "team", "customer_id", "model")
 
 # field name -> environment variable; lists are comma-separated in the environment.
 ENV_VARS = {
@@ -142,8 +143,8 @@ class FinopsSettings(dg.ConfigurableResource):
         default=[], description="The project ids read from the export prefix; empty: every {projectId} folder under it.")
     budgets_file: str = Field(default="", description="The budgets YAML; unset: FINOPS_HOME/budgets.yaml (none: no budgets).")
     anomaly_dimensions: list[str] = Field(
-        default=["feature", "team", "customer_id", "model"],
-        description="The series cost_anomalies watches: allocation keys, provider or model (keys not configured are skipped).")
+        default=[], description="The series cost_anomalies watches: allocation keys, provider, model or project_id; "
+                                "empty: feature, team, customer_id (those that are allocation keys) and model.")
     anomaly_floor_usd: float = Field(
         default=10.0, ge=0, description="A day's change (USD, against the usual) below which a series is not news.")
     duckdb_memory_limit: str = Field(
@@ -158,6 +159,15 @@ class FinopsSettings(dg.ConfigurableResource):
         if isinstance(keys, list):
             return [snake_case(k) if isinstance(k, str) else k for k in keys]
         return keys
+
+    @model_validator(mode="after")
+    def _anomaly_dimensions_exist(self) -> "FinopsSettings":
+        known = set(self.allocation_keys) | {"model", "provider", "project_id"}
+        unknown = [d for d in self.anomaly_dimensions if d not in known]
+        if unknown:
+            raise ValueError(f"FINOPS_ANOMALY_DIMENSIONS: {', '.join(unknown)} is not an allocation key, model, "
+                             f"provider or project_id (allocation keys: {', '.join(self.allocation_keys)})")
+        return self
 
     @field_validator("allocation_keys")
     @classmethod
@@ -235,6 +245,12 @@ class FinopsSettings(dg.ConfigurableResource):
     def dimensions(self) -> list[str]:
         """The Finout columns after UsageDate and Cost, in order."""
         return self.finout_dimensions or ["source", "service_name", *self.allocation_keys, "provider", "model"]
+
+    @property
+    def anomaly_series(self) -> list[str]:
+        """The dimensions cost_anomalies judges (the setting, else the defaults that apply)."""
+        return self.anomaly_dimensions or [d for d in DEFAULT_ANOMALY_DIMENSIONS
+                                           if d == "model" or d in self.allocation_keys]
 
     @property
     def budgets_path(self) -> Path:

@@ -168,8 +168,10 @@ ADDED_IN_VERSION = {3: [("langfuse_generations", "usage_other", "MAP(VARCHAR, BI
                         ("langfuse_generations", "unpriced_usage", "MAP(VARCHAR, BIGINT)")],
                     4: [("allocated_costs", "project_id", "VARCHAR")]}  # 4: the Langfuse project, a dimension
 # 5: budgets and anomalies read which days were written; the days allocated before are taken as written.
-FILLED_IN_VERSION = {5: "INSERT OR IGNORE INTO materialized_days "
-                        "SELECT DISTINCT 'allocated_costs', day, now() FROM allocated_costs"}
+FILLED_IN_VERSION = {5: """INSERT OR IGNORE INTO materialized_days
+                           SELECT DISTINCT 'allocated_costs', day, now() FROM allocated_costs
+                           UNION SELECT DISTINCT CASE WHEN provider IN ('openai', 'anthropic') THEN provider || '_costs'
+                                                      ELSE 'other_provider_costs' END, day, now() FROM provider_costs"""}
 
 
 @contextmanager

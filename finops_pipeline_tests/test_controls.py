@@ -17,7 +17,11 @@ from finops_pipeline.assets.allocated_costs import _ALLOCATE
 from finops_pipeline.budgets import BudgetsFileError, load_budgets, period_bounds
 from finops_pipeline.projection import backtest, forecast
 from finops_pipeline.warehouse import connect, replace_partition
-from finops_pipeline_tests.conftest import REPO, cover_day, generation, materialize_day, query, replace_settings
+from finops_pipeline.assets.cost_anomalies import _new_episode
+from finops_pipeline.settings import FinopsSettings
+from finops_pipeline_tests.conftest import (
+    REPO, cover_day, generation, materialize_day, query, replace_settings, write_anthropic_bill, write_openai_bill,
+)
 from finops_pipeline_tests.test_alerts import tick
 from finops_pipeline_tests.webhook_double import Receiver
 
@@ -68,6 +72,11 @@ def _budget_check(result) -> dg.AssetCheckEvaluation:
     ("budgets:\n  - name: a\n    period: weekly\n    amount_usd: 5\n  - name: a\n    period: weekly\n    amount_usd: 6\n", "budget 'a', field name: used twice"),
     ("budgets:\n  - name: a\n    period: weekly\n    amount: 5\n", "budget 'a', field amount: Extra inputs are not permitted"),
     ("budgets: [\n", "not YAML"),
+    ("budgets:\n  - name: a\n    period: weekly\n    amount_usd: 5\n    scope: {team: [x, '']}\n", "scope key 'team' has an empty value"),
+    ("budgets:\n  - name: a\n    period: weekly\n    amount_usd: 5\n    thresholds: [.inf]\n", "every threshold is a percentage above 0"),
+    ("budgets:\n  - name: a\n    period: weekly\n    amount_usd: 5\n    thresholds: [true]\n", "every threshold is a number"),
+    ("budgets:\n  - name: a\n    period: weekly\n    amount_usd: 5\n    amount_usd: 6\n", "amount_usd written twice"),
+    ("budgets:\n  - name: a\n    period: weekly\n    amount_usd: 1e29\n", "budget 'a', field amount_usd: Input should be less than or equal to"),
 ])
 def test_a_malformed_budgets_file_names_the_budget_and_the_field(tmp_path, text, message):
     path = tmp_path / "budgets.yaml"
@@ -75,6 +84,42 @@ def test_a_malformed_budgets_file_names_the_budget_and_the_field(tmp_path, text,
     with pytest.raises(BudgetsFileError, match=str(path)) as error:
         load_budgets(path, ["feature", "team"])
     assert message in str(error.value)
+
+
+def test_ids_written_as_numbers_and_an_empty_list_are_read_as_meant(tmp_path):
+    path = tmp_path / "budgets.yaml"
+    path.write_text("budgets:\n  - name: a\n    period: weekly\n    amount_usd: 5\n    scope: {customer_id: 12345}\n")
+    [budget] = load_budgets(path, ["customer_id"])
+    assert budget.scope == {"customer_id": "12345"} and budget.predicate() == "allocation['customer_id'] IN ('12345')"
+    path.write_text("budgets:\n")
+    assert load_budgets(path, []) == []
+
+
+def test_a_budgets_file_named_but_missing_fails_rather_than_meaning_no_budgets(settings):
+    _search_day(settings, NOV[0], 1.0)
+    named = replace_settings(settings, budgets_file=str(Path(settings.home) / "budgetz.yaml"))
+    result = materialize_day(named, NOV[0], selection=CONTROLS)
+    [failure] = result.get_step_failure_events()
+    assert f"FINOPS_BUDGETS_FILE={named.budgets_file} does not exist" in failure.event_specific_data.error.message
+
+
+def test_on_the_invoice_basis_a_day_whose_bills_were_not_read_is_unknown_not_zero(settings):
+    _write(settings, BUDGETS)
+    for day in NOV[:2]:
+        _search_day(settings, day, 1.0)
+    for day in NOV[:2]:  # the bills of the 1st are read, those of the 2nd never are
+        selection = CONTROLS + (["openai_costs", "anthropic_costs", "other_provider_costs"] if day == NOV[0] else [])
+        write_openai_bill(Path(settings.billing_dir), day, {"gpt-4o-2024-08-06, input": 1.0})
+        write_anthropic_bill(Path(settings.billing_dir), day, {})
+        materialize_day(settings, day, selection=[a for a in selection if a != "budget_status"], cost_basis="invoice")
+    delivery = materialize_day(settings, NOV[1], selection=["finout_upload"], cost_basis="invoice")
+    [failure] = delivery.get_step_failure_events()
+    assert "On the invoice cost basis, 2026-11-02 needs its bills, and anthropic_costs, openai_costs, " \
+           "other_provider_costs have not read them: the day's cost is unknown, not $0" in \
+           failure.event_specific_data.error.message
+    assert materialize_day(settings, NOV[1], selection=["budget_status"], cost_basis="invoice").success
+    assert query(settings, "SELECT spend_usd, days_missing FROM budget_status WHERE day = ? AND budget = 'search-team'",
+                 [NOV[1]]) == [(1, 1)]
 
 
 def test_a_malformed_budgets_file_fails_the_day_saying_so(settings):
@@ -98,9 +143,8 @@ def test_periods_are_utc_calendar_periods(period, day, bounds):
 
 
 def test_each_threshold_is_alerted_once_per_period_and_the_state_shows_every_day(settings, instance, tmp_path):
-    """search-team's $10 month at $3 a day: projected past 100% on the 1st, 50% crossed on the 2nd, 80% on the
-    3rd, 100% and 120% on the 4th ($12); the 5th is over, with nothing new to say; a re-run of the 3rd alerts
-    nothing again."""
+    """search-team's $10 month at $3 a day: 50% crossed on the 2nd, 80% on the 3rd, 100% and 120% on the 4th
+    ($12); the 5th is over, with nothing new to say; a re-run of the 3rd alerts nothing again."""
     _write(settings, BUDGETS)
     for day in NOV[:5]:
         _search_day(settings, day, 3.0)
@@ -109,10 +153,11 @@ def test_each_threshold_is_alerted_once_per_period_and_the_state_shows_every_day
         result = materialize_day(settings, day, selection=CONTROLS, instance=instance)
         evaluations[day] = _budget_check(result)
     news = {day: e.metadata["new_alerts"].value for day, e in evaluations.items()}
-    assert news == {NOV[0]: 1, NOV[1]: 1, NOV[2]: 1, NOV[3]: 2, NOV[4]: 0}
+    assert news == {NOV[0]: 0, NOV[1]: 1, NOV[2]: 1, NOV[3]: 2, NOV[4]: 0}
+    # the 1st shows its projection past 100% (WARN) but does not alert it: one day is too little to go on
     assert not evaluations[NOV[0]].passed and evaluations[NOV[0]].severity == dg.AssetCheckSeverity.WARN
-    assert "search-team projected past 100%: search-team (team=search, monthly from 2026-11-01): $3.00 of $10.00 " \
-           "(30%) through 11-01; projected $90.00 (900%" in evaluations[NOV[0]].metadata["alert"].value
+    assert "search-team (team=search, monthly from 2026-11-01): $3.00 of $10.00 (30%) through 11-01; projected " \
+           "$90.00 (900%" in evaluations[NOV[0]].description
     assert "search-team crossed 80%: search-team (team=search, monthly from 2026-11-01): $9.00 of $10.00 (90%)" in \
         evaluations[NOV[2]].metadata["alert"].value
     # every day shows the state: over 100% fails with ERROR on the 4th and the 5th alike
@@ -125,15 +170,27 @@ def test_each_threshold_is_alerted_once_per_period_and_the_state_shows_every_day
     rerun = _budget_check(materialize_day(settings, NOV[2], selection=CONTROLS, instance=instance))
     assert not rerun.passed and rerun.metadata["new_alerts"].value == 0
 
-    # the alert sensor sends the evaluations with news, and only those: the 1st's, 2nd's, 3rd's and 4th's
+    # the alert sensor sends the evaluations with news, and only those: the 2nd's, 3rd's and 4th's
     with Receiver() as receiver:
         tick(instance, replace_settings(settings, alert_webhook_url=receiver.webhook_url))
         budget_alerts = [m for m in receiver.messages if "check budget_thresholds failed" in m]
-    assert len(budget_alerts) == 4
+    assert len(budget_alerts) == 3
     assert any("search-team crossed 100%" in m and "search-team crossed 120%" in m for m in budget_alerts)
     assert query(settings, "SELECT threshold, day FROM budget_alerts WHERE budget = 'search-team' ORDER BY day, "
-                           "threshold") == [("projected 100", NOV[0]), ("50", NOV[1]), ("80", NOV[2]),
-                                            ("100", NOV[3]), ("120", NOV[3])]
+                           "threshold") == [("50", NOV[1]), ("80", NOV[2]), ("100", NOV[3]), ("120", NOV[3])]
+
+
+def test_a_projection_past_100_percent_is_alerted_once_with_a_week_to_go_on(settings):
+    _write(settings, "budgets:\n  - name: search-team\n    scope: {team: search}\n    period: monthly\n"
+                     "    amount_usd: 100\n")
+    news = {}
+    for n in range(1, 9):  # $4 a day: 30 days make $120
+        day = date(2026, 11, n)
+        _search_day(settings, day, 4.0)
+        check = _budget_check(materialize_day(settings, day, selection=CONTROLS))
+        news[n] = check.metadata["new_alerts"].value
+    assert news == {1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 1, 8: 0}
+    assert "projected $120.00 (120%" in check.description and check.severity == dg.AssetCheckSeverity.WARN
 
 
 def test_late_data_re_run_moves_the_status(settings):
@@ -158,7 +215,8 @@ def test_a_day_of_the_period_not_allocated_is_counted_not_taken_as_zero(settings
         materialize_day(settings, day, selection=CONTROLS)
     check = _budget_check(materialize_day(settings, NOV[2], selection=CONTROLS))
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
-    assert "with 1 days of the period not yet allocated (so at least this)" in check.description
+    assert "with 1 day of the period not yet allocated (so at least this; the projection estimates them)" in \
+        check.description
     assert query(settings, "SELECT days_missing FROM budget_status WHERE day = ? AND budget = 'search-team'",
                  [NOV[2]]) == [(1,)]
 
@@ -180,6 +238,13 @@ def test_the_projection_knows_the_weekday_mix_and_says_how_far_to_trust_it():
     growing = {d: v * (1.01 ** i) for i, (d, v) in enumerate(sorted(daily.items()))}
     assert forecast(growing, through, week).expected > ahead.expected  # the trend is carried (damped)
     assert backtest({through: 5.0}, through, 7) == (None, 0)  # too new to say
+    # two days never allocated: out of the history, not $0; the forecast and its backtest are unmoved
+    gone = {through - timedelta(days=3), through - timedelta(days=10)}
+    known = set(daily) - gone
+    partial = {d: v for d, v in daily.items() if d not in gone}
+    assert forecast(partial, through, week, known).expected == pytest.approx(ahead.expected, rel=0.02)
+    assert backtest(partial, through, 7, known=known)[0] < 2
+    assert forecast(partial, through, week).expected < ahead.expected * 0.97  # were they $0, it would drop
 
 
 # --- anomalies --------------------------------------------------------------------------------------------
@@ -266,6 +331,30 @@ def test_a_weekend_dip_and_a_steady_day_are_not_anomalies(settings):
     assert saturday.weekday() == 5
     assert materialize_day(settings, saturday, selection=["cost_anomalies"]).success
     assert query(settings, "SELECT count(*) FROM cost_anomalies WHERE day = ?", [saturday]) == [(0,)]
+
+
+def test_a_day_not_allocated_is_not_judged_all_clear(settings):
+    _history(settings, STEADY + [_generations(JUDGED, "report-writer", 100, 0.30)])
+    result = materialize_day(settings, JUDGED + timedelta(days=1), selection=["cost_anomalies"])
+    [failure] = result.get_step_failure_events()
+    assert "allocated_costs has not written 2026-11-26: the day's cost is unknown, so it is not judged" in \
+        failure.event_specific_data.error.message
+
+
+def test_an_episode_met_out_of_order_is_alerted_once(settings):
+    _history(settings, STEADY)
+    with connect(DuckDBResource(database=str(settings.duckdb_path))) as conn:
+        news = [_new_episode(conn, "feature", "x", "spike", JUDGED + timedelta(days=n)) for n in (3, 0, 1, 2)]
+        assert news == [True, False, False, False]
+        assert conn.execute("SELECT first_day, last_day FROM anomaly_alerts").fetchall() == [
+            (JUDGED, JUDGED + timedelta(days=3))]
+
+
+def test_unknown_anomaly_dimensions_fail_at_load():
+    with pytest.raises(ValueError, match="FINOPS_ANOMALY_DIMENSIONS: featur is not an allocation key"):
+        FinopsSettings.from_env({"FINOPS_ANOMALY_DIMENSIONS": "featur,model"})
+    narrow = FinopsSettings.from_env({"FINOPS_ALLOCATION_KEYS": "feature"})
+    assert narrow.anomaly_series == ["feature", "model"]  # the defaults that apply
 
 
 def test_an_anomaly_going_on_for_days_is_alerted_once(settings, instance):

@@ -42,6 +42,8 @@ def build_budget_status(basis: str) -> dg.AssetsDefinition:
     def budget_status(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
                       settings: FinopsSettings) -> dg.MaterializeResult:
         day = partition_day(context)
+        if settings.budgets_file and not settings.budgets_path.exists():  # named, so meant: not "no budgets"
+            raise dg.Failure(f"FINOPS_BUDGETS_FILE={settings.budgets_file} does not exist.")
         try:
             budgets = load_budgets(settings.budgets_path, settings.allocation_keys)
         except BudgetsFileError as exc:
@@ -51,10 +53,11 @@ def build_budget_status(basis: str) -> dg.AssetsDefinition:
             total = Budget(name=TOTAL, period="monthly", amount_usd=Decimal(1), thresholds=[100])
             first = min([day - timedelta(days=HISTORY_DAYS)] + [b.period_of(day)[0] for b in budgets])
             missing = stage_spend(conn, first, day, basis, settings.allocation_keys, settings.billed_providers)
-            rows = [_status(conn, b, day, missing, dimensions, amount=b.amount_usd if b is not total else None)
+            known = {first + timedelta(days=i) for i in range((day - first).days + 1)} - set(missing)
+            rows = [_status(conn, b, day, missing, known, dimensions, amount=b.amount_usd if b is not total else None)
                     for b in [*budgets, total]]
             frame = pd.DataFrame(rows)
-            conn.register("budget_rows", frame.drop(columns=["thresholds"]))
+            conn.register("budget_rows", frame.drop(columns=["thresholds", "history_days"]))
             with transaction(conn):
                 replace_partition(conn, "budget_status", day, "SELECT * FROM budget_rows")
                 new_alerts = _record_alerts(conn, day, [r for r in rows if r["budget"] != TOTAL])
@@ -78,7 +81,7 @@ def build_budget_status(basis: str) -> dg.AssetsDefinition:
     return budget_status
 
 
-def _status(conn, budget: Budget, day: date, missing: list[date], dimensions: list[str],
+def _status(conn, budget: Budget, day: date, missing: list[date], known: set[date], dimensions: list[str],
             amount: Decimal | None) -> dict:
     start, end = budget.period_of(day)
     predicate = budget.predicate()
@@ -87,8 +90,10 @@ def _status(conn, budget: Budget, day: date, missing: list[date], dimensions: li
     spend = conn.execute(f"SELECT coalesce(sum(cost_usd), 0) FROM spend WHERE {predicate} AND day BETWEEN ? AND ?",
                          [start, day]).fetchone()[0]
     left = [day + timedelta(days=i) for i in range(1, (end - day).days + 1)]
-    ahead = forecast(daily, day, left)
-    mape, compared = backtest(daily, day, max(len(left), 7))
+    unknown = [d for d in missing if start <= d <= day]  # forecast like the days left: never $0
+    ahead = forecast(daily, day, unknown + left, known)
+    mape, compared = backtest(daily, day, max(len(left), 7), known=known)
+    history = sum(1 for d in known if day - timedelta(days=27) <= d <= day)
     share = float(spend / amount * 100) if amount else None
     crossed = [t for t in budget.thresholds if share is not None and share >= t]
     top = contributors(conn, predicate, start, day, dimensions)
@@ -105,6 +110,7 @@ def _status(conn, budget: Budget, day: date, missing: list[date], dimensions: li
         "contributors": ", ".join(f"{'customer' if c.dimension == 'customer_id' else c.dimension} {c.value} "
                                   f"${c.cost:,.2f}" for c in top),
         "backtest_mape_pct": mape, "backtest_forecasts": compared, "thresholds": budget.thresholds,
+        "history_days": history,
     }
 
 
@@ -114,7 +120,8 @@ def _record_alerts(conn, day: date, rows: list[dict]) -> list[tuple[dict, str]]:
     new = []
     for r in rows:
         keys = [f"{t:g}" for t in r["thresholds"] if r["share_pct"] >= t]
-        if (r["projected_share_pct"] or 0) > 100 and r["share_pct"] < 100:
+        # a projection from under a week of days is too unsure to alert on (it still shows)
+        if (r["projected_share_pct"] or 0) > 100 and r["share_pct"] < 100 and r["history_days"] >= 7:
             keys.append("projected 100")
         for key in keys:
             inserted = conn.execute("INSERT OR IGNORE INTO budget_alerts VALUES (?, ?, ?, ?) RETURNING 1",
@@ -129,8 +136,9 @@ def _sentence(r: dict) -> str:
     text = (f"{r['budget']} ({r['scope']}, {r['period']} from {r['period_start']}): ${r['spend_usd']:,.2f} of "
             f"${r['amount_usd']:,.2f} ({r['share_pct']:.0f}%) through {through}")
     if r["days_missing"]:
-        text += f" with {r['days_missing']} days of the period not yet allocated (so at least this)"
-    if r["period_end"] > r["day"]:
+        text += (f" with {r['days_missing']} day{'s' if r['days_missing'] > 1 else ''} of the period not yet "
+                 "allocated (so at least this; the projection estimates them)")
+    if r["period_end"] > r["day"] or r["days_missing"]:
         text += (f"; projected ${r['projected_usd']:,.2f} ({r['projected_share_pct']:.0f}%, range "
                  f"${r['projected_low_usd']:,.2f}-${r['projected_high_usd']:,.2f}) by {r['period_end']:%m-%d}")
     if r["contributors"]:
@@ -145,8 +153,10 @@ def _check(rows: list[dict], new_alerts: list[tuple[dict, str]], settings: Finop
                                                        or (r["projected_share_pct"] or 0) > 100)]
     missing = [r for r in budgets if r["days_missing"]]
     if not budgets:
+        gap = rows[-1]["days_missing"]
         description = (f"No budgets in {settings.budgets_path}: only all spend is projected "
-                       f"(${rows[-1]['projected_usd']:,.2f} by {rows[-1]['period_end']:%m-%d}).")
+                       f"(${rows[-1]['projected_usd']:,.2f} by {rows[-1]['period_end']:%m-%d}"
+                       + (f", {gap} unknown day{'s' if gap > 1 else ''} of the month estimated" if gap else "") + ").")
     else:
         description = (f"{len(over)} of {len(budgets)} budgets at or over 100%, {len(warned)} warned. "
                        + " ".join(f"{_sentence(r)}." for r in budgets))

@@ -27,7 +27,7 @@ EPISODE_GAP_DAYS = 7  # a series flagged again within a week is the same anomaly
     description=(
         "The day's cost anomalies of each series (FINOPS_ANOMALY_DIMENSIONS, default feature, team, customer_id, "
         "model; and all spend) against the same weekday of the previous four weeks, on traced cost: spikes and "
-        "drops past a robust score, a ratio of 1.5 and a dollar floor (FINOPS_ANOMALY_FLOOR_USD), each with its "
+        "drops past a robust score of 4, a ratio of 1.8 and a dollar floor (FINOPS_ANOMALY_FLOOR_USD), each with its "
         "cause (volume, unit cost, model switch, a new prompt version, silence) in a sentence."),
     check_specs=[daily_check(
         ANOMALY_CHECK, "cost_anomalies",
@@ -37,10 +37,12 @@ EPISODE_GAP_DAYS = 7  # a series flagged again within a week is the same anomaly
 def cost_anomalies(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
                    settings: FinopsSettings) -> dg.MaterializeResult:
     day = partition_day(context)
-    keys = set(settings.allocation_keys) | {"model", "provider", "project_id"}
-    dimensions = [d for d in settings.anomaly_dimensions if d in keys]
+    dimensions = settings.anomaly_series
     with connect(duckdb) as conn:
         stage_series(conn, dimensions, day - timedelta(days=max(WEEKS)), day)
+        if not conn.execute("SELECT count(*) FROM calendar WHERE day = ?", [day]).fetchone()[0]:
+            raise dg.Failure(f"allocated_costs has not written {day}: the day's cost is unknown, so it is not "
+                             "judged (materialize allocated_costs for the day first).")
         weeks = conn.execute("SELECT count(*) FROM calendar WHERE day < ? AND (? - day) % 7 = 0",
                              [day, day]).fetchone()[0]
         found = detect(conn, day, day, settings.anomaly_floor_usd)
@@ -67,10 +69,12 @@ def cost_anomalies(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
 def _new_episode(conn, dimension: str, value: str, direction: str, day: date) -> bool:
     """Record the anomaly; True when it starts an episode (not the same series and direction flagged within
     EPISODE_GAP_DAYS before, nor a re-run of a day already recorded)."""
+    # an episode the day extends or precedes by up to the gap (days may run out of order: a backfill runs
+    # several at once, the schedule queues yesterday before the days it re-runs)
     going_on = conn.execute("""
-        UPDATE anomaly_alerts SET last_day = greatest(last_day, $day)
+        UPDATE anomaly_alerts SET first_day = least(first_day, $day), last_day = greatest(last_day, $day)
         WHERE dimension = $dimension AND value = $value AND direction = $direction
-          AND first_day <= $day AND last_day >= $day - $gap RETURNING 1""",
+          AND first_day <= $day + $gap AND last_day >= $day - $gap RETURNING 1""",
                             {"day": day, "dimension": dimension, "value": value, "direction": direction,
                              "gap": EPISODE_GAP_DAYS}).fetchall()
     if going_on:

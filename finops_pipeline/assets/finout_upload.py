@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from finops_pipeline.cost_basis import delivered_and_expected, prepare_delivered
+from finops_pipeline.cost_basis import BillNotRead, delivered_and_expected, prepare_delivered
 from finops_pipeline.destinations.finout import file_name, finout_rows_sql, write_day_csv
 from finops_pipeline.destinations.s3 import S3DeliveryError, put_file
 from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
@@ -27,7 +27,10 @@ def deliver_day(context: dg.AssetExecutionContext, duckdb: DuckDBResource, setti
     day = partition_day(context)
     path = folder / name
     with connect(duckdb) as conn:
-        params = prepare_delivered(conn, day, basis, settings.allocation_keys, settings.billed_providers)
+        try:
+            params = prepare_delivered(conn, day, basis, settings.allocation_keys, settings.billed_providers)
+        except BillNotRead as exc:
+            raise dg.Failure(str(exc)) from None
         delivery = write_day_csv(conn, rows_sql, {"salt": settings.hash_salt} if "$salt" in rows_sql else {}, path)
         quoted = str(path).replace("'", "''")
         delivered, expected = delivered_and_expected(

@@ -23,7 +23,8 @@ from finops_pipeline.warehouse import MONEY, WAREHOUSE_POOL, connect, transactio
 _COLUMNS = ["provider", "model", "token_type", "token_kind", "line_item", "project_id", "cost_usd", "source"]
 
 
-def _replace_bill(duckdb: DuckDBResource, day: date, lines: list[BilledCost], replaced: str, provider_param) -> dict:
+def _replace_bill(duckdb: DuckDBResource, day: date, lines: list[BilledCost], replaced: str, provider_param,
+                  asset: str) -> dict:
     """Replace the day's lines of the providers that `replaced` (a condition on `provider` and `$p`) selects,
     in one transaction: the table holds the old bill or the new one, never half of either. Returns the new
     bill's total per provider."""
@@ -38,6 +39,8 @@ def _replace_bill(duckdb: DuckDBResource, day: date, lines: list[BilledCost], re
             conn.execute(f"""
                 INSERT INTO provider_costs BY NAME
                 SELECT ?::DATE AS day, * REPLACE (cost_usd::VARCHAR::{MONEY} AS cost_usd) FROM billed""", [day])
+            # the day's bill is known, an empty one included (the invoice basis reads this: cost_basis.py)
+            conn.execute("INSERT OR REPLACE INTO materialized_days VALUES (?, ?, now())", [asset, day])
     totals: dict[str, Decimal] = {}
     for line in lines:
         totals[line.provider] = totals.get(line.provider, Decimal(0)) + line.cost_usd
@@ -85,7 +88,7 @@ def _provider_cost_asset(provider: str, api: str) -> dg.AssetsDefinition:
             except BillingError as exc:
                 raise dg.Failure(str(exc)) from None
             metadata["source"] = "billing files"
-        totals = _replace_bill(context.resources.duckdb, day, lines, "provider = $p", provider)
+        totals = _replace_bill(context.resources.duckdb, day, lines, "provider = $p", provider, f"{provider}_costs")
         return dg.MaterializeResult(metadata={"dagster/row_count": len(lines),
                                               "billed_cost_usd": totals.get(provider, 0.0), **metadata})
 
@@ -116,7 +119,8 @@ def other_provider_costs(context: dg.AssetExecutionContext, duckdb: DuckDBResour
     except BillingError as exc:
         raise dg.Failure(str(exc)) from None
     # Every provider not billed from its own API is replaced, so a line removed from the CSV goes too.
-    totals = _replace_bill(duckdb, day, lines, "NOT list_contains($p::VARCHAR[], provider)", settings.billed_providers)
+    totals = _replace_bill(duckdb, day, lines, "NOT list_contains($p::VARCHAR[], provider)", settings.billed_providers,
+                           "other_provider_costs")
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(lines),
         "billed_cost_usd": sum(totals.values()),
