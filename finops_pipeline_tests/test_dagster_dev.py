@@ -25,10 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 DAYS = [date(2026, 10, 23) + timedelta(days=n) for n in range(30)]
 OVERBILLED = DAYS[11]  # OpenAI bills a third above the traced cost: the day's reconciliation fails with ERROR
 ASSETS = ["langfuse_generations", "allocated_costs", "openai_costs", "anthropic_costs", "other_provider_costs",
-          "cost_reconciliation", "finout_upload", "focus_export"]
+          "cost_reconciliation", "finout_upload", "focus_export", "budget_status", "cost_anomalies"]
 CHECKS = {"unallocated_cost_share", "unpriced_generations", "extraction_complete", "cost_conserved",
           "billed_vs_traced_gap", "billed_models_matched", "delivered_cost_conserved", "focus_cost_conserved",
-          "delivered_by_deadline"}
+          "delivered_by_deadline", "budget_thresholds", "no_cost_anomaly"}
 LAUNCH = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
   __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
 STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
