@@ -6,6 +6,7 @@ from dagster_duckdb import DuckDBResource
 from finops_pipeline.assets.allocated_costs import allocated_costs
 from finops_pipeline.assets.budget_status import build_budget_status
 from finops_pipeline.assets.cost_anomalies import cost_anomalies
+from finops_pipeline.assets.unit_economics import build_unit_economics
 from finops_pipeline.assets.cost_reconciliation import FAILED_DAY, build_cost_reconciliation
 from finops_pipeline.assets.finout_upload import build_finout_upload
 from finops_pipeline.assets.focus_export import build_focus_export
@@ -35,7 +36,7 @@ def build_assets(cost_basis: str = COST_BASIS) -> list[dg.AssetsDefinition]:
     """The graph; the delivery assets depend on the bills under the `invoice` cost basis."""
     return [langfuse_generations, allocated_costs, openai_costs, anthropic_costs, other_provider_costs,
             build_cost_reconciliation(cost_basis), build_finout_upload(cost_basis), build_focus_export(cost_basis),
-            build_budget_status(cost_basis), cost_anomalies]
+            build_budget_status(cost_basis), cost_anomalies, build_unit_economics(cost_basis)]
 
 
 def is_check_failure(error) -> bool:

@@ -47,6 +47,9 @@ ENV_VARS = {
     "dagster_url": "FINOPS_DAGSTER_URL",
     "budgets_file": "FINOPS_BUDGETS_FILE",
     "langfuse_projects": "FINOPS_LANGFUSE_PROJECTS",
+    "revenue_file": "FINOPS_REVENUE_FILE",
+    "outcomes_file": "FINOPS_OUTCOMES_FILE",
+    "margin_warn_pct": "FINOPS_MARGIN_WARN_PCT",
     "anomaly_dimensions": "FINOPS_ANOMALY_DIMENSIONS",
     "anomaly_floor_usd": "FINOPS_ANOMALY_FLOOR_USD",
 }
@@ -141,6 +144,10 @@ class FinopsSettings(dg.ConfigurableResource):
     )
     langfuse_projects: list[str] = Field(
         default=[], description="The project ids read from the export prefix; empty: every {projectId} folder under it.")
+    revenue_file: str = Field(default="", description="Revenue per customer and month (CSV); unset: FINOPS_HOME/revenue.csv.")
+    outcomes_file: str = Field(default="", description="Business outcomes per feature and day (CSV); unset: FINOPS_HOME/outcomes.csv.")
+    margin_warn_pct: float = Field(
+        default=30.0, gt=0, description="A customer's AI cost, as a share of its revenue, above which the margin check warns.")
     budgets_file: str = Field(default="", description="The budgets YAML; unset: FINOPS_HOME/budgets.yaml (none: no budgets).")
     anomaly_dimensions: list[str] = Field(
         default=[], description="The series cost_anomalies watches: allocation keys, provider, model or project_id; "
@@ -251,6 +258,14 @@ class FinopsSettings(dg.ConfigurableResource):
         """The dimensions cost_anomalies judges (the setting, else the defaults that apply)."""
         return self.anomaly_dimensions or [d for d in DEFAULT_ANOMALY_DIMENSIONS
                                            if d == "model" or d in self.allocation_keys]
+
+    @property
+    def revenue_path(self) -> Path:
+        return Path(self.revenue_file) if self.revenue_file else Path(self.home) / "revenue.csv"
+
+    @property
+    def outcomes_path(self) -> Path:
+        return Path(self.outcomes_file) if self.outcomes_file else Path(self.home) / "outcomes.csv"
 
     @property
     def budgets_path(self) -> Path:

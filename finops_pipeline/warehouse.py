@@ -148,6 +148,38 @@ CREATE TABLE IF NOT EXISTS cost_anomalies (
     cause                  VARCHAR NOT NULL, -- volume | unit cost | model switch | prompt version | silent
     explanation            VARCHAR NOT NULL  -- the sentence a reader needs
 );
+CREATE TABLE IF NOT EXISTS unit_economics (
+    day                  DATE NOT NULL,
+    dimension            VARCHAR NOT NULL,   -- feature | customer_id | tier
+    value                VARCHAR NOT NULL,
+    spend_usd            {MONEY} NOT NULL,   -- traced (Langfuse) cost
+    calls                BIGINT NOT NULL,
+    requests             BIGINT NOT NULL,    -- distinct traces
+    users                BIGINT NOT NULL,    -- distinct users
+    unpriced_calls       BIGINT NOT NULL,    -- calls in `calls` that no price covers: not in spend_usd
+    cost_per_call        DOUBLE,
+    cost_per_1k_requests DOUBLE,
+    cost_per_user        DOUBLE,
+    outcomes             BIGINT,             -- per feature, from the outcomes file; NULL: none known
+    outcome              VARCHAR,            -- what was counted
+    cost_per_outcome     DOUBLE
+);
+CREATE TABLE IF NOT EXISTS customer_margin (  -- month to date through `day`, on the cost basis
+    day          DATE NOT NULL,
+    month        VARCHAR NOT NULL,           -- YYYY-MM
+    customer_id  VARCHAR,
+    revenue_usd  {MONEY},                    -- the month's, from the revenue file; NULL: no row for the customer
+    ai_cost_usd  {MONEY} NOT NULL,
+    margin_usd   {MONEY},
+    ai_share_pct DOUBLE
+);
+CREATE TABLE IF NOT EXISTS margin_alerts (   -- each customer alerted once a month per kind
+    month       VARCHAR NOT NULL,
+    customer_id VARCHAR NOT NULL,
+    kind        VARCHAR NOT NULL,            -- share | negative margin
+    day         DATE NOT NULL,
+    PRIMARY KEY (month, customer_id, kind)
+);
 CREATE TABLE IF NOT EXISTS anomaly_alerts (  -- one alert per episode: consecutive days of one series and direction
     dimension  VARCHAR NOT NULL,
     value      VARCHAR NOT NULL,

@@ -12,7 +12,7 @@ from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline.schedules import daily_finops_schedule
 
 EXPECTED_ASSETS = {"langfuse_generations", "allocated_costs", "finout_upload", "openai_costs", "anthropic_costs",
-                   "other_provider_costs", "cost_reconciliation", "focus_export", "budget_status", "cost_anomalies"}
+                   "other_provider_costs", "cost_reconciliation", "focus_export", "budget_status", "cost_anomalies", "unit_economics"}
 
 
 def test_dagster_definitions_validate(tmp_path):
@@ -61,7 +61,7 @@ def test_alerts_and_the_delivery_deadline_run_by_default():
 def test_every_check_of_a_daily_asset_is_a_check_of_its_day():
     graph = defs.resolve_asset_graph()
     keys = graph.asset_check_keys
-    assert len(keys) == 11
+    assert len(keys) == 12
     for key in keys:
         assert graph.get(key).partitions_def == graph.get(key.asset_key).partitions_def, key
     # the checks that fail with ERROR fail the day's run (the reconciliation's fails its partition too, see

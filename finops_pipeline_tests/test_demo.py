@@ -72,6 +72,16 @@ def test_demo_reconciles_with_exactly_the_overbilled_day_failing_and_shows_the_c
                                        "'cost_anomalies' AND list_contains(?, day)", [weekend]) == [(len(weekend),)]
     assert "all spend: $" in run.stdout and "backtests" in run.stdout
 
+    # Unit economics and margins from the demo's revenue and outcomes files: the free tier pays nothing, so
+    # its customers' margins are negative; the figures printed are the warehouse's.
+    negative = query(settings, "SELECT customer_id, margin_usd FROM customer_margin WHERE day = ? AND margin_usd < 0 "
+                               "ORDER BY margin_usd", [last])
+    assert {c for c, _ in negative} >= {"cust-soylent", "cust-wonka", "cust-aperture"}
+    for customer, margin in negative:
+        assert f"{customer:<16}revenue $     0.00" in run.stdout and f"margin ${margin:>9,.2f}" in run.stdout
+    assert query(settings, "SELECT count(*) FROM unit_economics WHERE day = ? AND dimension = 'feature' AND "
+                           "cost_per_outcome IS NOT NULL", [last]) == [(5,)]
+
     # Each day's check result is that day's, on the instance `make dev` opens; the failing day's run is failed.
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         latest: dict[str, str] = {}

@@ -12,7 +12,8 @@ import duckdb
 from finops_pipeline.definitions import ASSETS, CHECKS, build_resources, is_check_failure
 from finops_pipeline.demo.sample_data import last_complete_days, write_sample
 from finops_pipeline.demo.budgets_file import write_demo_budgets
-from finops_pipeline.demo.summary import print_controls, print_summary
+from finops_pipeline.demo.business_files import write_business_files
+from finops_pipeline.demo.summary import print_controls, print_economics, print_summary
 from finops_pipeline.schedules import daily_finops_job
 from finops_pipeline.settings import FinopsSettings
 
@@ -33,7 +34,8 @@ def main() -> int:
                           Path(settings.langfuse_export_dir), Path(settings.billing_dir))
     print(f"Wrote {sample.generations:,} generations for {days[0]} .. {days[-1]} to {settings.langfuse_export_dir}")
     print(f"and the OpenAI and Anthropic bills to {settings.billing_dir}")
-    print(write_demo_budgets(settings.budgets_path, sample) + "\n")
+    print(write_demo_budgets(settings.budgets_path, sample))
+    print(write_business_files(settings.revenue_path, settings.outcomes_path, sample) + "\n")
 
     # Runs land in the Dagster instance `make dev` opens, so they show in the UI afterwards.
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
@@ -61,6 +63,7 @@ def main() -> int:
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as conn:
         print_summary(conn, days[-7:], checks, settings)
         print_controls(conn, days[-1], checks[days[-1].isoformat()])
+        print_economics(conn, days[-1], settings.margin_warn_pct)
     return 0
 
 

@@ -61,6 +61,7 @@ class Sample:
     overbilled_day: date
     generations: int
     team_cost: dict[tuple[date, str], float]  # Langfuse's cost per day and team, of the rows that name one
+    feature_calls: dict[tuple[date, str], int]  # generations per day and feature
 
 
 def last_complete_days(n: int, today: date | None = None) -> list[date]:
@@ -373,7 +374,7 @@ def write_sample(home: Path, days: list[date], generations_per_day: int = 8000,
     export_dir = export_dir or home / "langfuse-export"
     billing_dir = billing_dir or home / "billing"
     overbilled = days[max(0, len(days) - 7) + min(3, len(days) - 1)]
-    total, team_cost = 0, {}
+    total, team_cost, feature_calls = 0, {}, {}
     for seed, day in enumerate(days):
         volume = WEEKEND_VOLUME if day.weekday() >= 5 else 1.0
         rows = day_rows(day, max(2, round(generations_per_day * volume)), seed,
@@ -384,6 +385,9 @@ def write_sample(home: Path, days: list[date], generations_per_day: int = 8000,
                 (t.split(":", 1)[1] for t in r.get("tags") or [] if t.startswith("team:")), None)
             if team and r["type"] == "GENERATION":
                 team_cost[(day, team)] = team_cost.get((day, team), 0.0) + (r.get("total_cost") or 0.0)
+            if r["type"] == "GENERATION":
+                feature = r.get("trace_name")
+                feature_calls[(day, feature)] = feature_calls.get((day, feature), 0) + 1
         write_export_day(export_dir, day, rows, seed, corrupt_line=(day == days[0]))
         write_billing_day(billing_dir, day, rows, overbill=(day == overbilled), seed=seed)
-    return Sample(days, overbilled, total, team_cost)
+    return Sample(days, overbilled, total, team_cost, feature_calls)

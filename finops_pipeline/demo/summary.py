@@ -117,3 +117,22 @@ def print_controls(conn: duckdb.DuckDBPyConnection, day: date, evaluations: list
         print(f"  [{cause}] {explanation}")
     if not found:
         print("  none")
+
+
+def print_economics(conn: duckdb.DuckDBPyConnection, day: date, warn_pct: float) -> None:
+    """Unit costs per feature on `day`, and the month's margins that need a look."""
+    rows = conn.execute("""SELECT value, spend_usd, cost_per_1k_requests, cost_per_outcome, outcome FROM unit_economics
+                           WHERE day = ? AND dimension = 'feature' AND value <> 'unallocated' ORDER BY spend_usd DESC""",
+                        [day]).fetchall()
+    print(f"\nUnit economics on {day}: per feature, cost per 1,000 requests and per outcome")
+    for feature, spend, per_1k, per_outcome, outcome in rows:
+        what = f"${per_outcome:,.4f} per outcome ({outcome})" if per_outcome else "no outcomes known"
+        print(f"  {feature:<16}${spend:>8,.2f}  ${per_1k:>8,.2f} per 1k requests  {what}")
+    margins = conn.execute("""SELECT customer_id, revenue_usd, ai_cost_usd, margin_usd, ai_share_pct FROM customer_margin
+                              WHERE day = ? AND revenue_usd IS NOT NULL AND (margin_usd < 0 OR ai_share_pct > ?)
+                              ORDER BY margin_usd""", [day, warn_pct]).fetchall()
+    print(f"\nMargin, {day:%B} to date: customers whose AI cost is past {warn_pct:g}% of revenue or whose margin "
+          "is negative")
+    for customer, revenue, cost, margin, share in margins:
+        print(f"  {customer:<16}revenue ${revenue:>9,.2f}  AI cost ${cost:>8,.2f}  margin ${margin:>9,.2f}"
+              + (f"  ({share:.0f}% of revenue)" if share is not None else "  (free tier: pays nothing)"))

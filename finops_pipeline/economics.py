@@ -1,0 +1,102 @@
+"""Unit economics and margin: the day's cost per call, request, user and business outcome, and each
+customer's AI cost against its revenue.
+
+Two optional CSV files in the data directory (a missing file leaves out the figures that need it, never
+zero; a malformed one fails naming the file, the line and the field):
+
+- revenue (`FINOPS_REVENUE_FILE`, default `$FINOPS_HOME/revenue.csv`): `month,customer_id,revenue_usd`
+  (month `YYYY-MM`, revenue in USD, 0 or more); one row per customer and month (rows of one customer and
+  month are summed).
+- outcomes (`FINOPS_OUTCOMES_FILE`, default `$FINOPS_HOME/outcomes.csv`): `day,feature,outcome,count`
+  (day `YYYY-MM-DD`; what the business counts for the feature, e.g. `tickets resolved`; count 0 or more).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from finops_pipeline.warehouse import MONEY
+
+REVENUE_COLUMNS = ("month", "customer_id", "revenue_usd")
+OUTCOME_COLUMNS = ("day", "feature", "outcome", "count")
+UNIT_DIMENSIONS = ("feature", "customer_id", "tier")
+
+
+class BusinessFileError(ValueError):
+    """A revenue or outcomes file that cannot be used: the message names the file, the line and the field."""
+
+
+def _read(conn: duckdb.DuckDBPyConnection, path: Path, columns: tuple[str, ...], table: str, checks: dict[str, str],
+          typed: str) -> None:
+    """Load `path` as text into temp table `table` (its `columns`, typed by `typed`), after checking each
+    row: `checks` maps a field to the SQL condition a good value meets."""
+    try:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE raw_{table} AS SELECT *, row_number() OVER () + 1 AS line "
+                     "FROM read_csv(?, header = true, all_varchar = true)", [str(path)])
+    except duckdb.Error as exc:
+        raise BusinessFileError(f"{path}: not a CSV file: {str(exc).splitlines()[0]}") from None
+    have = [c for (c,) in conn.execute(f"SELECT column_name FROM (DESCRIBE raw_{table})").fetchall()]
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise BusinessFileError(f"{path}: no column {', '.join(missing)} (the header must hold {', '.join(columns)})")
+    for field, good in checks.items():
+        bad = conn.execute(f"SELECT line, {field} FROM raw_{table} WHERE NOT coalesce({good}, false) ORDER BY line "
+                           "LIMIT 1").fetchall()
+        if bad:
+            line, value = bad[0]
+            raise BusinessFileError(f"{path}, line {line}, field {field}: {value!r} is not {checks_text[field]}")
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {typed} FROM raw_{table}")
+
+
+checks_text = {"month": "a month (YYYY-MM)", "customer_id": "a customer id", "revenue_usd": "an amount of 0 or more",
+               "day": "a day (YYYY-MM-DD)", "feature": "a feature", "outcome": "an outcome name",
+               "count": "a whole count of 0 or more"}
+
+
+def load_revenue(conn: duckdb.DuckDBPyConnection, path: Path) -> bool:
+    """Temp table `revenue` (month VARCHAR, customer_id, revenue_usd MONEY) from `path`; False when there is
+    no file (revenue unknown: margins are left out)."""
+    if not path.exists():
+        return False
+    _read(conn, path, REVENUE_COLUMNS, "revenue", {
+        "month": "regexp_full_match(trim(month), '\\d{4}-(0[1-9]|1[0-2])')",
+        "customer_id": "trim(customer_id) <> ''",
+        "revenue_usd": f"TRY_CAST(trim(revenue_usd) AS {MONEY}) >= 0",
+    }, f"trim(month) AS month, trim(customer_id) AS customer_id, trim(revenue_usd)::{MONEY} AS revenue_usd")
+    return True
+
+
+def load_outcomes(conn: duckdb.DuckDBPyConnection, path: Path) -> bool:
+    """Temp table `outcomes` (day DATE, feature, outcome, count BIGINT) from `path`; False when there is no file."""
+    if not path.exists():
+        return False
+    _read(conn, path, OUTCOME_COLUMNS, "outcomes", {
+        "day": "TRY_CAST(trim(day) AS DATE) IS NOT NULL AND regexp_full_match(trim(day), '\\d{4}-\\d{2}-\\d{2}')",
+        "feature": "trim(feature) <> ''",
+        "outcome": "trim(outcome) <> ''",
+        "count": "regexp_full_match(trim(count), '\\d{1,18}')",  # DuckDB's cast would round 2.5 to 3
+    }, "trim(day)::DATE AS day, trim(feature) AS feature, trim(outcome) AS outcome, trim(count)::BIGINT AS count")
+    return True
+
+
+def unit_economics_sql(dimensions: list[str], with_outcomes: bool) -> str:
+    """The day's rows of `unit_economics` from langfuse_generations (traced cost; `$day`), per value of each
+    of `dimensions`; outcomes (per feature) from the temp table `outcomes` when `with_outcomes`."""
+    parts = [f"""
+        SELECT day, '{d}' AS dimension, allocation['{d}'] AS value, coalesce(sum(cost_usd), 0) AS spend_usd,
+               count(*) AS calls, count(DISTINCT trace_id) AS requests, count(DISTINCT user_id) AS users,
+               count(*) FILTER (WHERE cost_source = 'unpriced') AS unpriced_calls
+        FROM langfuse_generations WHERE day = $day GROUP BY ALL""" for d in dimensions]
+    outcomes = ("(SELECT feature AS value, sum(count) AS outcomes, string_agg(DISTINCT outcome, ', ' ORDER BY outcome) "
+                "AS outcome FROM outcomes WHERE day = $day GROUP BY ALL)") if with_outcomes else \
+        "(SELECT NULL::VARCHAR AS value, NULL::BIGINT AS outcomes, NULL::VARCHAR AS outcome WHERE false)"
+    return f"""
+        WITH units AS ({' UNION ALL '.join(parts)})
+        SELECT u.*, u.spend_usd::DOUBLE / nullif(u.calls, 0) AS cost_per_call,
+               1000 * u.spend_usd::DOUBLE / nullif(u.requests, 0) AS cost_per_1k_requests,
+               u.spend_usd::DOUBLE / nullif(u.users, 0) AS cost_per_user,
+               o.outcomes, o.outcome, u.spend_usd::DOUBLE / nullif(o.outcomes, 0) AS cost_per_outcome
+        FROM units u LEFT JOIN {outcomes} o ON u.dimension = 'feature' AND o.value = u.value
+    """
