@@ -22,9 +22,11 @@ def write_demo_budgets(path: Path, sample: Sample) -> str:
                    if since <= day <= until and (team is None or t == team))
 
     recent = [d for d in sample.days[-28:]]
-    # 100% is crossed on the last day: the month through the day before stays under it
-    analytics = round(max(spent("analytics", month_start) / 1.02, spent("analytics", month_start,
-                                                                        sample.days[-2]) * 1.01), 2)
+    # 100% is crossed on the last day (its regression), the month through the day before stays under it but
+    # past 85% of it, so 80% falls earlier whichever weekday the last day is
+    before = spent("analytics", month_start, sample.days[-2])  # 0 when the last day is the month's first
+    ceiling = [spent("analytics", month_start) / 1.02] + ([before / 0.85] if before else [])
+    analytics = round(max(min(ceiling), before * 1.01, 0.01), 2)
     weekly_support = round(2.2 * spent("support", recent[0]) / 4, 2)
     monthly_all = round(2.5 * spent(None, recent[0]) / 28 * 31, 2)
     path.parent.mkdir(parents=True, exist_ok=True)
