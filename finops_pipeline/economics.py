@@ -28,10 +28,10 @@ class BusinessFileError(ValueError):
     """A revenue or outcomes file that cannot be used: the message names the file, the line and the field."""
 
 
-def _read(conn: duckdb.DuckDBPyConnection, path: Path, columns: tuple[str, ...], table: str, checks: dict[str, str],
-          typed: str) -> None:
+def _read(conn: duckdb.DuckDBPyConnection, path: Path, columns: tuple[str, ...], table: str,
+          checks: dict[str, tuple[str, str]], typed: str) -> None:
     """Load `path` as text into temp table `table` (its `columns`, typed by `typed`), after checking each
-    row: `checks` maps a field to the SQL condition a good value meets."""
+    row: `checks` maps a field to (the SQL condition a good value meets, what a good value is, in words)."""
     try:
         conn.execute(f"CREATE OR REPLACE TEMP TABLE raw_{table} AS SELECT *, row_number() OVER () + 1 AS line "
                      "FROM read_csv(?, header = true, all_varchar = true)", [str(path)])
@@ -41,18 +41,13 @@ def _read(conn: duckdb.DuckDBPyConnection, path: Path, columns: tuple[str, ...],
     missing = [c for c in columns if c not in have]
     if missing:
         raise BusinessFileError(f"{path}: no column {', '.join(missing)} (the header must hold {', '.join(columns)})")
-    for field, good in checks.items():
+    for field, (good, meaning) in checks.items():
         bad = conn.execute(f"SELECT line, {field} FROM raw_{table} WHERE NOT coalesce({good}, false) ORDER BY line "
                            "LIMIT 1").fetchall()
         if bad:
             line, value = bad[0]
-            raise BusinessFileError(f"{path}, line {line}, field {field}: {value!r} is not {checks_text[field]}")
+            raise BusinessFileError(f"{path}, line {line}, field {field}: {value!r} is not {meaning}")
     conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {typed} FROM raw_{table}")
-
-
-checks_text = {"month": "a month (YYYY-MM)", "customer_id": "a customer id", "revenue_usd": "an amount of 0 or more",
-               "day": "a day (YYYY-MM-DD)", "feature": "a feature", "outcome": "an outcome name",
-               "count": "a whole count of 0 or more"}
 
 
 def load_revenue(conn: duckdb.DuckDBPyConnection, path: Path) -> bool:
@@ -61,9 +56,9 @@ def load_revenue(conn: duckdb.DuckDBPyConnection, path: Path) -> bool:
     if not path.exists():
         return False
     _read(conn, path, REVENUE_COLUMNS, "revenue", {
-        "month": "regexp_full_match(trim(month), '\\d{4}-(0[1-9]|1[0-2])')",
-        "customer_id": "trim(customer_id) <> ''",
-        "revenue_usd": f"TRY_CAST(trim(revenue_usd) AS {MONEY}) >= 0",
+        "month": ("regexp_full_match(trim(month), '\\d{4}-(0[1-9]|1[0-2])')", "a month (YYYY-MM)"),
+        "customer_id": ("trim(customer_id) <> ''", "a customer id"),
+        "revenue_usd": (f"TRY_CAST(trim(revenue_usd) AS {MONEY}) >= 0", "an amount of 0 or more"),
     }, f"trim(month) AS month, trim(customer_id) AS customer_id, trim(revenue_usd)::{MONEY} AS revenue_usd")
     return True
 
@@ -73,10 +68,12 @@ def load_outcomes(conn: duckdb.DuckDBPyConnection, path: Path) -> bool:
     if not path.exists():
         return False
     _read(conn, path, OUTCOME_COLUMNS, "outcomes", {
-        "day": "TRY_CAST(trim(day) AS DATE) IS NOT NULL AND regexp_full_match(trim(day), '\\d{4}-\\d{2}-\\d{2}')",
-        "feature": "trim(feature) <> ''",
-        "outcome": "trim(outcome) <> ''",
-        "count": "regexp_full_match(trim(count), '\\d{1,18}')",  # DuckDB's cast would round 2.5 to 3
+        "day": ("TRY_CAST(trim(day) AS DATE) IS NOT NULL AND regexp_full_match(trim(day), '\\d{4}-\\d{2}-\\d{2}')",
+                "a day (YYYY-MM-DD)"),
+        "feature": ("trim(feature) <> ''", "a feature"),
+        "outcome": ("trim(outcome) <> ''", "an outcome name"),
+        # a pattern, not a cast: DuckDB's cast would round 2.5 to 3
+        "count": ("regexp_full_match(trim(count), '\\d{1,18}')", "a whole count of 0 or more"),
     }, "trim(day)::DATE AS day, trim(feature) AS feature, trim(outcome) AS outcome, trim(count)::BIGINT AS count")
     return True
 

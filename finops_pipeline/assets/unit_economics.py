@@ -46,7 +46,9 @@ def build_unit_economics(basis: str) -> dg.AssetsDefinition:
                 has_outcomes = load_outcomes(conn, settings.outcomes_path)
             except BusinessFileError as exc:
                 raise dg.Failure(str(exc)) from None
-            missing = stage_spend(conn, month_start, day, basis, settings.allocation_keys, settings.billed_providers)
+            # the month's spend on the cost basis is for the margins only: without revenue, nothing to stage
+            missing = stage_spend(conn, month_start, day, basis, settings.allocation_keys,
+                                  settings.billed_providers) if has_revenue else []
             with transaction(conn):
                 rows = replace_partition(conn, "unit_economics", day, unit_economics_sql(dimensions, has_outcomes))
                 if has_revenue:
@@ -68,7 +70,7 @@ def build_unit_economics(basis: str) -> dg.AssetsDefinition:
                     "free_tier_share_pct": shares[0], "top10_customers_share_pct": shares[1],
                     "revenue_file": str(settings.revenue_path) if has_revenue else "none: margins left out",
                     "outcomes_file": str(settings.outcomes_path) if has_outcomes else "none: cost per outcome left out",
-                    "month_days_not_known": len(missing)}
+                    **({"month_days_not_known": len(missing)} if has_revenue else {})}
         for feature, per_1k in features:  # the UI plots each over the days
             if per_1k is not None:
                 metadata[f"cost_per_1k_requests/{feature}"] = round(per_1k, 4)
