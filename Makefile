@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 UV := .uv/bin/uv
 PY := .venv/bin/python
 
-.PHONY: install demo day dev test validate bench bench-anomalies clean
+.PHONY: install demo day report dev test validate bench bench-anomalies clean
 
 # uv itself, pinned, in its own small venv; then the project's venv exactly as uv.lock says.
 $(UV):
@@ -39,12 +39,16 @@ DAY ?= $(shell python3 -c 'import datetime as d; print(d.datetime.now(d.timezone
 day: install $(DAGSTER_HOME)/dagster.yaml
 	.venv/bin/dagster job execute -m finops_pipeline.definitions -j daily_finops_job --tags '{"dagster/partition": "$(DAY)"}'
 
+# One month's report (default: the month of yesterday, UTC) on the instance `make dev` opens.
+MONTH ?= $(shell python3 -c 'import datetime as d; print(f"{d.datetime.now(d.timezone.utc).date() - d.timedelta(days=1):%Y-%m}")')
+report: install $(DAGSTER_HOME)/dagster.yaml
+	.venv/bin/dagster job execute -m finops_pipeline.report_definitions -j monthly_report_job --tags '{"dagster/partition": "$(MONTH)-01"}'
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	.venv/bin/dagster dev -w workspace.yaml
 
 validate: install $(DAGSTER_HOME)/dagster.yaml
-	.venv/bin/dagster definitions validate -m finops_pipeline.definitions
+	.venv/bin/dagster definitions validate -w workspace.yaml
 
 test: install .venv/langfuse4/.installed
 	.venv/bin/pytest -n 2

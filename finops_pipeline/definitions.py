@@ -1,4 +1,5 @@
-"""The Dagster code location: the daily graph, its resources and its schedule."""
+"""The Dagster code location of the days: the daily graph, its resources, schedule and sensors (the monthly report is
+in a location of its own: report_definitions.py)."""
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource

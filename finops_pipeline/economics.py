@@ -5,8 +5,9 @@ Two optional CSV files in the data directory (a missing file leaves out the figu
 zero; a malformed one fails naming the file, the line and the field):
 
 - revenue (`FINOPS_REVENUE_FILE`, default `$FINOPS_HOME/revenue.csv`): `month,customer_id,revenue_usd`
-  (month `YYYY-MM`, revenue in USD, 0 or more); one row per customer and month (rows of one customer and
-  month are summed).
+  and optionally `feature` (month `YYYY-MM`, revenue in USD, 0 or more). A customer's revenue for the month
+  is the sum of its rows; a row with a feature is the part of it that feature earns (an add-on, a metered
+  product), which gives the feature's margin. Features without such rows have no margin (unknown, not $0).
 - outcomes (`FINOPS_OUTCOMES_FILE`, default `$FINOPS_HOME/outcomes.csv`): `day,feature,outcome,count`
   (day `YYYY-MM-DD`; what the business counts for the feature, e.g. `tickets resolved`; count 0 or more).
 """
@@ -29,9 +30,10 @@ class BusinessFileError(ValueError):
 
 
 def _read(conn: duckdb.DuckDBPyConnection, path: Path, columns: tuple[str, ...], table: str,
-          checks: dict[str, tuple[str, str]], typed: str) -> None:
+          checks: dict[str, tuple[str, str]], typed: str, optional: dict[str, str] | None = None) -> None:
     """Load `path` as text into temp table `table` (its `columns`, typed by `typed`), after checking each
-    row: `checks` maps a field to (the SQL condition a good value meets, what a good value is, in words)."""
+    row: `checks` maps a field to (the SQL condition a good value meets, what a good value is, in words).
+    `optional` maps a column the file may leave out to its SQL when present (NULL when absent)."""
     try:
         conn.execute(f"CREATE OR REPLACE TEMP TABLE raw_{table} AS SELECT *, row_number() OVER () + 1 AS line "
                      "FROM read_csv(?, header = true, all_varchar = true)", [str(path)])
@@ -47,19 +49,22 @@ def _read(conn: duckdb.DuckDBPyConnection, path: Path, columns: tuple[str, ...],
         if bad:
             line, value = bad[0]
             raise BusinessFileError(f"{path}, line {line}, field {field}: {value!r} is not {meaning}")
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {typed} FROM raw_{table}")
+    extra = "".join(f", {sql if name in have else 'NULL::VARCHAR'} AS {name}" for name, sql in (optional or {}).items())
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {typed}{extra} "
+                 f"FROM raw_{table}")
 
 
 def load_revenue(conn: duckdb.DuckDBPyConnection, path: Path) -> bool:
-    """Temp table `revenue` (month VARCHAR, customer_id, revenue_usd MONEY) from `path`; False when there is
-    no file (revenue unknown: margins are left out)."""
+    """Temp table `revenue` (month VARCHAR, customer_id, feature (NULL: not a feature's), revenue_usd MONEY)
+    from `path`; False when there is no file (revenue unknown: margins are left out)."""
     if not path.exists():
         return False
     _read(conn, path, REVENUE_COLUMNS, "revenue", {
         "month": ("regexp_full_match(trim(month), '\\d{4}-(0[1-9]|1[0-2])')", "a month (YYYY-MM)"),
         "customer_id": ("trim(customer_id) <> ''", "a customer id"),
         "revenue_usd": (f"TRY_CAST(trim(revenue_usd) AS {MONEY}) >= 0", "an amount of 0 or more"),
-    }, f"trim(month) AS month, trim(customer_id) AS customer_id, trim(revenue_usd)::{MONEY} AS revenue_usd")
+    }, f"trim(month) AS month, trim(customer_id) AS customer_id, trim(revenue_usd)::{MONEY} AS revenue_usd",
+       optional={"feature": "nullif(trim(feature), '')"})
     return True
 
 
@@ -96,4 +101,23 @@ def unit_economics_sql(dimensions: list[str], with_outcomes: bool) -> str:
                u.spend_usd::DOUBLE / nullif(u.users, 0) AS cost_per_user,
                o.outcomes, o.outcome, u.spend_usd::DOUBLE / nullif(o.outcomes, 0) AS cost_per_outcome
         FROM units u LEFT JOIN {outcomes} o ON u.dimension = 'feature' AND o.value = u.value
+    """
+
+
+def margin_sql(key: str) -> str:
+    """Month to date through `$day`, per value of `key` (customer_id or feature): the AI cost of the temp
+    table `spend` (on the cost basis) against the month's (`$month`) revenue of the temp table `revenue`.
+    Revenue NULL: no revenue row names the value (margin unknown, not the whole cost lost)."""
+    return f"""
+        WITH cost AS (
+            SELECT allocation['{key}'] AS value, sum(cost_usd) AS ai_cost_usd FROM spend
+            WHERE strftime(day, '%Y-%m') = $month AND day <= $day GROUP BY ALL
+        ), income AS (
+            SELECT {key} AS value, sum(revenue_usd) AS revenue_usd FROM revenue
+            WHERE month = $month AND {key} IS NOT NULL GROUP BY ALL
+        )
+        SELECT $day AS day, $month AS month, value AS {key}, income.revenue_usd,
+               coalesce(cost.ai_cost_usd, 0) AS ai_cost_usd, income.revenue_usd - coalesce(cost.ai_cost_usd, 0) AS margin_usd,
+               100 * coalesce(cost.ai_cost_usd, 0)::DOUBLE / nullif(income.revenue_usd, 0) AS ai_share_pct
+        FROM cost FULL JOIN income USING (value)
     """

@@ -50,3 +50,13 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     """The half-open UTC interval [start, end) of `day`."""
     start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     return start, start + timedelta(days=1)
+
+
+# The monthly report: one partition per calendar month (UTC), the month in progress included, so that its
+# provisional report exists from its first complete day. A month maps to its days in the daily assets.
+monthly_partitions = dg.MonthlyPartitionsDefinition(start_date=START_DATE[:8] + "01", timezone="UTC", end_offset=1)
+
+
+def monthly_check(name: str, asset: str, description: str) -> dg.AssetCheckSpec:
+    """A check of `asset`, partitioned by month: each month's result is that month's."""
+    return dg.AssetCheckSpec(name, asset=asset, description=description, partitions_def=monthly_partitions)

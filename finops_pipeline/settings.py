@@ -43,6 +43,7 @@ ENV_VARS = {
     "hashed_dimensions": "FINOPS_HASHED_DIMENSIONS",
     "focus_dir": "FINOPS_FOCUS_DIR",
     "focus_s3_uri": "FINOPS_FOCUS_S3_URI",
+    "reports_s3_uri": "FINOPS_REPORTS_S3_URI",
     "lookback_days": "FINOPS_LOOKBACK_DAYS",
     "dagster_url": "FINOPS_DAGSTER_URL",
     "budgets_file": "FINOPS_BUDGETS_FILE",
@@ -96,6 +97,10 @@ class FinopsSettings(dg.ConfigurableResource):
     focus_dir: str = Field(description="Where the daily FOCUS 1.2 files are written.")
     focus_s3_uri: str | None = Field(
         default=None, pattern=_S3_URI, description="s3://bucket/prefix the FOCUS files are also put to.")
+    reports_s3_uri: str | None = Field(
+        default=None, pattern=_S3_URI,
+        description="s3://bucket/prefix the monthly reports are also put to (never under the Finout or FOCUS prefix, "
+                    "which Finout reads as cost data).")
     allocation_keys: list[str] = Field(
         default=DEFAULT_ALLOCATION_KEYS,
         description="Allocation vocabulary: metadata key (in any case and separators), else `key:value` tag, else "
@@ -243,6 +248,15 @@ class FinopsSettings(dg.ConfigurableResource):
                              "identifiers can be reversed by hashing guesses")
         return self
 
+    @model_validator(mode="after")
+    def _reports_apart_from_cost_data(self) -> FinopsSettings:
+        report = (self.reports_s3_uri or "").rstrip("/") + "/"
+        for name, uri in (("FINOPS_FINOUT_S3_URI", self.finout_s3_uri), ("FINOPS_FOCUS_S3_URI", self.focus_s3_uri)):
+            if self.reports_s3_uri and uri and report.startswith(uri.rstrip("/") + "/"):
+                raise ValueError(f"FINOPS_REPORTS_S3_URI must not lie under {name}: Finout reads every object under "
+                                 "its prefix as cost data, and an HTML report there would break or pollute the import")
+        return self
+
     @property
     def vocabulary(self) -> Vocabulary:
         """The allocation keys as metadata is searched for them: exact name, other spellings, aliases."""
@@ -270,6 +284,10 @@ class FinopsSettings(dg.ConfigurableResource):
     @property
     def budgets_path(self) -> Path:
         return Path(self.budgets_file) if self.budgets_file else Path(self.home) / "budgets.yaml"
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.home) / "reports"
 
     @property
     def duckdb_path(self) -> Path:

@@ -173,6 +173,15 @@ CREATE TABLE IF NOT EXISTS customer_margin (  -- month to date through `day`, on
     margin_usd   {MONEY},
     ai_share_pct DOUBLE
 );
+CREATE TABLE IF NOT EXISTS feature_margin (  -- as customer_margin, per feature: where revenue rows name features
+    day          DATE NOT NULL,
+    month        VARCHAR NOT NULL,
+    feature      VARCHAR,
+    revenue_usd  {MONEY},                    -- the month's revenue rows naming the feature; NULL: none
+    ai_cost_usd  {MONEY} NOT NULL,
+    margin_usd   {MONEY},
+    ai_share_pct DOUBLE
+);
 CREATE TABLE IF NOT EXISTS margin_alerts (   -- each customer alerted once a month per kind
     month       VARCHAR NOT NULL,
     customer_id VARCHAR NOT NULL,

@@ -75,7 +75,7 @@ def dagster_dev(tmp_path):
         })
         log = open(tmp_path / "dagster-dev.log", "w")
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster"), "dev", "-m", "finops_pipeline.definitions",
+            [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml",  # as `make dev`: both locations
              "-h", "127.0.0.1", "-p", str(port)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
@@ -178,6 +178,26 @@ def test_a_30_day_backfill_from_the_ui_materialises_every_day_with_every_check(d
     gap_alerts = [m for m in webhook.messages if "billed_vs_traced_gap" in m]
     assert len(gap_alerts) == 1 and gap_alerts[0].startswith(
         f"ERROR: cost_reconciliation {OVERBILLED}, check billed_vs_traced_gap failed: openai: billed $0.09 vs traced $0.06")
+
+    # The months the backfill touched are rendered by the automation sensor once their days are in.
+    expected = {"2026-10-01": sum(d.month == 10 for d in DAYS), "2026-11-01": sum(d.month == 11 for d in DAYS)}
+    deadline = time.monotonic() + 300
+    while True:
+        latest = {}
+        for month in expected:
+            records = instance.fetch_materializations(dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("monthly_report"), asset_partitions=[month]), limit=1).records
+            if records:
+                latest[month] = records[0].asset_materialization.metadata
+        if {m: v["days_known"].value for m, v in latest.items()} == expected:
+            break
+        assert time.monotonic() < deadline, f"the months were not rendered after the backfill in 5 minutes: {latest}"
+        time.sleep(5)
+    for month, metadata in latest.items():
+        assert Path(metadata["path"].value) == home / "reports" / f"llm-costs-{month[:7]}.html"
+        assert metadata["total_cost_usd"].value == pytest.approx(0.14 * expected[month])  # traced: $0.06 + $0.08 a day
+    ticks = sensor_ticks(instance, "monthly_report_automation")
+    assert ticks and {t.status.value for t in ticks} <= {"SUCCESS", "SKIPPED"}, [(t.status, t.error) for t in ticks]
 
     with duckdb.connect(str(home / "finops.duckdb"), read_only=True) as conn:
         for table in ("langfuse_generations", "allocated_costs", "provider_costs", "cost_reconciliation"):

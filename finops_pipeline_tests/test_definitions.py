@@ -3,11 +3,13 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 from datetime import datetime
 
 import dagster as dg
 
 from finops_pipeline.definitions import defs
+from finops_pipeline.report_definitions import defs as report_defs
 from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline.schedules import daily_finops_schedule
 
@@ -18,9 +20,11 @@ EXPECTED_ASSETS = {"langfuse_generations", "allocated_costs", "finout_upload", "
 def test_dagster_definitions_validate(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "FINOPS_HOME": str(tmp_path / "finops")}
     run = subprocess.run([os.path.join(os.path.dirname(sys.executable), "dagster"), "definitions", "validate",
-                          "-m", "finops_pipeline.definitions"], env=env, capture_output=True, text=True, timeout=120)
+                          "-w", "workspace.yaml"], cwd=Path(__file__).resolve().parent.parent, env=env,
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "Validation successful" in run.stderr + run.stdout
+    for location in ("finops_pipeline.definitions", "finops_pipeline.report_definitions"):
+        assert f"Validation successful for code location {location}." in run.stderr + run.stdout
 
 
 def test_every_asset_is_described_grouped_kinded_and_daily():
@@ -30,6 +34,22 @@ def test_every_asset_is_described_grouped_kinded_and_daily():
         node = graph.get(key)
         assert node.description and node.group_name != "default" and node.kinds, key
         assert node.partitions_def.timezone == "UTC", key
+
+
+def test_the_reports_location_holds_the_monthly_report_after_the_daily_assets():
+    """A location of its own, so that a day of the whole daily graph (`--select '*' --partition DAY`) runs."""
+    graph = report_defs.resolve_asset_graph()
+    report = graph.get(dg.AssetKey("monthly_report"))
+    assert report.description and report.group_name == "reports" and report.kinds == {"html"}
+    assert isinstance(report.partitions_def, dg.MonthlyPartitionsDefinition) and report.partitions_def.timezone == "UTC"
+    assert report.partitions_def.get_partition_keys(datetime(2026, 12, 1, 8))[-1] == "2026-12-01"  # the month in progress
+    assert {p.to_user_string() for p in report.parent_keys} == {
+        "finout_upload", "unit_economics", "budget_status", "cost_anomalies", "cost_reconciliation"}
+    assert {p.to_user_string() for p in report.parent_keys} <= EXPECTED_ASSETS
+    [sensor] = report_defs.sensors
+    assert sensor.name == "monthly_report_automation" and sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    [check] = graph.asset_check_keys
+    assert check.name == "report_matches_delivery" and graph.get(check).partitions_def == report.partitions_def
 
 
 def test_blocking_conservation_check_and_lineage():

@@ -81,6 +81,16 @@ def test_demo_reconciles_with_exactly_the_overbilled_day_failing_and_shows_the_c
         assert f"{customer:<16}revenue $     0.00" in run.stdout and f"margin ${margin:>9,.2f}" in run.stdout
     assert query(settings, "SELECT count(*) FROM unit_economics WHERE day = ? AND dimension = 'feature' AND "
                            "cost_per_outcome IS NOT NULL", [last]) == [(5,)]
+    # An add-on priced below its calls' cost: a feature with a negative margin of its own.
+    assert query(settings, "SELECT feature FROM feature_margin WHERE day = ? AND margin_usd < 0", [last]) == [("code-review",)]
+
+    # The month's report: its path printed, its total the Finout files', a customer losing money in it.
+    report = home / "reports" / f"llm-costs-{last:%Y-%m}.html"
+    [line] = [line for line in run.stdout.splitlines() if line.startswith("Monthly report (")]
+    assert line.endswith(f"): {report}") and "provisional" in line
+    assert "agrees with the Finout files: The report's $" in run.stdout
+    html = report.read_text()
+    assert 'class="n neg">-$' in html and html.count("<svg") >= 4 and "<script" not in html
 
     # Each day's check result is that day's, on the instance `make dev` opens; the failing day's run is failed.
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
@@ -88,7 +98,8 @@ def test_demo_reconciles_with_exactly_the_overbilled_day_failing_and_shows_the_c
         for row in instance.event_log_storage.get_asset_check_execution_history(GAP, limit=100):
             latest.setdefault(row.partition, row.status.value)
         assert latest == {d.isoformat(): "FAILED" if d == overbilled else "SUCCEEDED" for d in days}
-        runs = {r.dagster_run.tags["dagster/partition"]: r.dagster_run.status for r in instance.get_run_records()}
+        runs = {r.dagster_run.tags["dagster/partition"]: r.dagster_run.status for r in instance.get_run_records()
+                if r.dagster_run.job_name == "daily_finops_job"}
         assert runs == {d.isoformat(): dg.DagsterRunStatus.FAILURE if d == overbilled else dg.DagsterRunStatus.SUCCESS
                         for d in days}
 

@@ -107,3 +107,21 @@ def test_a_malformed_business_file_names_the_file_line_and_field(settings, name,
     result = materialize_day(settings, selection=ECONOMICS)
     [failure] = result.get_step_failure_events()
     assert failure.step_key == "unit_economics" and message in failure.event_specific_data.error.message
+
+
+def test_revenue_rows_that_name_a_feature_give_that_feature_its_margin(settings):
+    """A customer's revenue is all its rows; a row with a feature (an add-on) is also that feature's revenue."""
+    _day(settings)
+    _write(settings, "revenue.csv", "month,customer_id,feature,revenue_usd\n2026-11,acme,,100\n"
+                                    "2026-11,acme,report,25\n2026-11,globex,report,5\n2026-11,globex,,1000\n")
+    result = materialize_day(settings, selection=ECONOMICS)
+    assert result.success
+    assert query(settings, "SELECT customer_id, revenue_usd::DOUBLE FROM customer_margin WHERE day = ? AND "
+                           "revenue_usd IS NOT NULL ORDER BY 1", [DAY]) == [("acme", 125.0), ("globex", 1005.0)]
+    # report: $30 of revenue against acme's $40 of report calls; chat earns nothing of its own: no margin, not -$28
+    assert query(settings, "SELECT feature, revenue_usd::DOUBLE, ai_cost_usd::DOUBLE, margin_usd::DOUBLE FROM "
+                           "feature_margin WHERE day = ? ORDER BY feature", [DAY]) == [
+        ("chat", None, 28.0, None), ("report", 30.0, 40.0, -10.0)]
+    meta = result.asset_materializations_for_node("unit_economics")[0].metadata
+    assert meta["margin_usd/report"].value == -10.0 and "margin_usd/chat" not in meta
+    assert meta["features_with_margin"].value == 2

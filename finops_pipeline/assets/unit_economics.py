@@ -9,7 +9,7 @@ from dagster_duckdb import DuckDBResource
 from finops_pipeline.assets.finout_upload import delivery_asset_args
 from finops_pipeline.budgets import period_bounds, stage_spend
 from finops_pipeline.economics import (
-    UNIT_DIMENSIONS, BusinessFileError, load_outcomes, load_revenue, unit_economics_sql,
+    UNIT_DIMENSIONS, BusinessFileError, load_outcomes, load_revenue, margin_sql, unit_economics_sql,
 )
 from finops_pipeline.generations import UNALLOCATED
 from finops_pipeline.partitions import daily_check, partition_day
@@ -28,8 +28,9 @@ def build_unit_economics(basis: str) -> dg.AssetsDefinition:
             "Per feature, customer_id and tier, the day's traced spend, calls, requests (traces), users, cost per "
             "call, per 1,000 requests and per user, and per feature the cost per business outcome "
             "(FINOPS_OUTCOMES_FILE); per customer, the month-to-date AI cost on the "
-            f"`{basis}` cost basis against the month's revenue (FINOPS_REVENUE_FILE) in `customer_margin`. A "
-            "missing file leaves those figures out, never zero."),
+            f"`{basis}` cost basis against the month's revenue (FINOPS_REVENUE_FILE) in `customer_margin`, and per "
+            "feature in `feature_margin` where the revenue file gives features their revenue. A missing file "
+            "leaves those figures out, never zero."),
         check_specs=[daily_check(
             MARGIN_CHECK, "unit_economics",
             description="WARN naming each customer whose month-to-date AI cost passes FINOPS_MARGIN_WARN_PCT of "
@@ -51,11 +52,14 @@ def build_unit_economics(basis: str) -> dg.AssetsDefinition:
                                   settings.billed_providers) if has_revenue else []
             with transaction(conn):
                 rows = replace_partition(conn, "unit_economics", day, unit_economics_sql(dimensions, has_outcomes))
-                if has_revenue:
-                    margins = replace_partition(conn, "customer_margin", day, _MARGIN, {"month": f"{day:%Y-%m}"})
-                else:  # revenue unknown: no margin rows, rather than margins of $0 revenue
-                    conn.execute("DELETE FROM customer_margin WHERE day = ?", [day])
-                    margins = 0
+                month = {"month": f"{day:%Y-%m}"}
+                # revenue unknown: no margin rows, rather than margins of $0 revenue
+                margins = replace_partition(conn, "customer_margin", day, margin_sql("customer_id"), month) \
+                    if has_revenue else _clear(conn, "customer_margin", day)
+                by_feature = has_revenue and conn.execute(
+                    "SELECT count(*) > 0 FROM revenue WHERE month = $month AND feature IS NOT NULL", month).fetchone()[0]
+                feature_margins = replace_partition(conn, "feature_margin", day, margin_sql("feature"), month) \
+                    if by_feature else _clear(conn, "feature_margin", day)
                 flagged = _flagged(conn, day, settings)
                 new = [f for f in flagged if conn.execute(
                     "INSERT OR IGNORE INTO margin_alerts VALUES (?, ?, ?, ?) RETURNING 1",
@@ -63,10 +67,12 @@ def build_unit_economics(basis: str) -> dg.AssetsDefinition:
             shares = _shares(conn, day)
             features = conn.execute("SELECT value, cost_per_1k_requests FROM unit_economics WHERE day = ? AND "
                                     "dimension = 'feature' AND value <> ? ORDER BY value", [day, UNALLOCATED]).fetchall()
+            feature_margin = conn.execute("SELECT feature, margin_usd FROM feature_margin WHERE day = ? AND "
+                                          "margin_usd IS NOT NULL ORDER BY feature", [day]).fetchall()
             unmatched = conn.execute("""SELECT count(*), coalesce(sum(ai_cost_usd), 0) FROM customer_margin
                                         WHERE day = ? AND revenue_usd IS NULL""", [day]).fetchone()
         check = _check(flagged, new, has_revenue, unmatched, len(missing), settings)
-        metadata = {"dagster/row_count": rows, "customers_with_margin": margins,
+        metadata = {"dagster/row_count": rows, "customers_with_margin": margins, "features_with_margin": feature_margins,
                     "free_tier_share_pct": shares[0], "top10_customers_share_pct": shares[1],
                     "revenue_file": str(settings.revenue_path) if has_revenue else "none: margins left out",
                     "outcomes_file": str(settings.outcomes_path) if has_outcomes else "none: cost per outcome left out",
@@ -74,24 +80,16 @@ def build_unit_economics(basis: str) -> dg.AssetsDefinition:
         for feature, per_1k in features:  # the UI plots each over the days
             if per_1k is not None:
                 metadata[f"cost_per_1k_requests/{feature}"] = round(per_1k, 4)
+        for feature, margin in feature_margin:
+            metadata[f"margin_usd/{feature}"] = float(margin)
         return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
     return unit_economics
 
 
-# Month to date, per customer: the AI cost on the cost basis (temp table `spend`) against the month's revenue
-_MARGIN = """
-    WITH cost AS (
-        SELECT allocation['customer_id'] AS customer_id, sum(cost_usd) AS ai_cost_usd FROM spend
-        WHERE strftime(day, '%Y-%m') = $month AND day <= $day GROUP BY ALL
-    ), income AS (
-        SELECT customer_id, sum(revenue_usd) AS revenue_usd FROM revenue WHERE month = $month GROUP BY ALL
-    )
-    SELECT $day AS day, $month AS month, customer_id, income.revenue_usd, coalesce(cost.ai_cost_usd, 0) AS ai_cost_usd,
-           income.revenue_usd - coalesce(cost.ai_cost_usd, 0) AS margin_usd,
-           100 * coalesce(cost.ai_cost_usd, 0)::DOUBLE / nullif(income.revenue_usd, 0) AS ai_share_pct
-    FROM cost FULL JOIN income USING (customer_id)
-"""
+def _clear(conn, table: str, day: date) -> int:
+    conn.execute(f"DELETE FROM {table} WHERE day = ?", [day])
+    return 0
 
 
 def _flagged(conn, day: date, settings: FinopsSettings) -> list[dict]:

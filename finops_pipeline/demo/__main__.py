@@ -13,7 +13,10 @@ from finops_pipeline.definitions import ASSETS, CHECKS, build_resources, is_chec
 from finops_pipeline.demo.sample_data import last_complete_days, write_sample
 from finops_pipeline.demo.budgets_file import write_demo_budgets
 from finops_pipeline.demo.business_files import write_business_files
-from finops_pipeline.demo.summary import print_controls, print_economics, print_summary
+from finops_pipeline.demo.summary import print_controls, print_economics, print_report, print_summary
+from finops_pipeline.assets.monthly_report import build_monthly_report
+from finops_pipeline.cost_basis import COST_BASIS
+from finops_pipeline.report_definitions import monthly_report_job
 from finops_pipeline.schedules import daily_finops_job
 from finops_pipeline.settings import FinopsSettings
 
@@ -40,8 +43,9 @@ def main() -> int:
     # Runs land in the Dagster instance `make dev` opens, so they show in the UI afterwards.
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     # The daily job, as the schedule runs it, on the files just written (whatever keys the environment holds).
-    job = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[daily_finops_job],
-                         resources=build_resources(settings)).resolve_job_def(daily_finops_job.name)
+    defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[daily_finops_job],
+                          resources=build_resources(settings))
+    job = defs.resolve_job_def(daily_finops_job.name)
     checks: dict[str, list] = {}
     for day in days:
         result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False,
@@ -60,10 +64,20 @@ def main() -> int:
                 print(f"  {error.message.strip()}")
             return 1
         print(f"materialised {day}: run {result.run_id[:8]} {status}")
+    # The month of the last day, as the reports' code location renders it after the daily runs
+    months = dg.Definitions(assets=[build_monthly_report(COST_BASIS)], jobs=[monthly_report_job],
+                            resources=build_resources(settings))
+    report = months.resolve_job_def(monthly_report_job.name).execute_in_process(
+        partition_key=days[-1].replace(day=1).isoformat(), instance=instance, raise_on_error=False, run_config=QUIET)
+    if not report.success:
+        for error in (e.event_specific_data.error for e in report.get_step_failure_events()):
+            print(f"monthly report FAILED: {error.message.strip()}")
+        return 1
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as conn:
         print_summary(conn, days[-7:], checks, settings)
         print_controls(conn, days[-1], checks[days[-1].isoformat()])
         print_economics(conn, days[-1], settings.margin_warn_pct)
+    print_report(report)
     return 0
 
 

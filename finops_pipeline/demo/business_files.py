@@ -9,6 +9,9 @@ from finops_pipeline.demo.sample_data import CUSTOMERS, Sample
 MARK = "# written by the demo"
 MONTHLY_REVENUE = {"enterprise": 2000, "pro": 400, "free": 0}
 UNDERPRICED = {"cust-hooli": 90}  # a pro customer on an old discount
+# Paid add-ons: part of a customer's revenue that a feature earns (the revenue file's feature column). The
+# code-review add-on is priced below what its calls cost: its feature margin is negative.
+ADDONS = {"report-writer": ("enterprise", 150), "code-review": ("pro", 20)}
 OUTCOMES = {"ticket-summary": ("tickets resolved", 0.9), "chat-assistant": ("conversations", 0.25),
             "code-review": ("pull requests reviewed", 0.4), "report-writer": ("reports written", 0.5),
             "search-rerank": ("searches", 1.0)}
@@ -19,9 +22,11 @@ def write_business_files(revenue: Path, outcomes: Path, sample: Sample) -> str:
     written = []
     months = sorted({f"{d:%Y-%m}" for d in sample.days})
     if _ours(revenue):
-        lines = ["month,customer_id,revenue_usd"] + [
-            f"{month},{customer},{UNDERPRICED.get(customer, MONTHLY_REVENUE[tier])}"
-            for month in months for customer, tier in sorted(CUSTOMERS.items())]
+        lines = ["month,customer_id,feature,revenue_usd"] + [
+            f"{month},{customer},,{UNDERPRICED.get(customer, MONTHLY_REVENUE[tier])}"
+            for month in months for customer, tier in sorted(CUSTOMERS.items())] + [
+            f"{month},{customer},{feature},{price}" for month in months for customer, tier in sorted(CUSTOMERS.items())
+            for feature, (buyers, price) in ADDONS.items() if tier == buyers]
         revenue.write_text("\n".join(lines) + "\n")
         written.append(str(revenue))
     if _ours(outcomes):

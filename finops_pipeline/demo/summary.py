@@ -136,3 +136,20 @@ def print_economics(conn: duckdb.DuckDBPyConnection, day: date, warn_pct: float)
     for customer, revenue, cost, margin, share in margins:
         print(f"  {customer:<16}revenue ${revenue:>9,.2f}  AI cost ${cost:>8,.2f}  margin ${margin:>9,.2f}"
               + (f"  ({share:.0f}% of revenue)" if share is not None else "  (free tier: pays nothing)"))
+    features = conn.execute("""SELECT feature, revenue_usd, ai_cost_usd, margin_usd FROM feature_margin
+                               WHERE day = ? AND revenue_usd IS NOT NULL ORDER BY margin_usd""", [day]).fetchall()
+    if features:
+        print(f"Features with their own revenue (add-ons), {day:%B} to date")
+        for feature, revenue, cost, margin in features:
+            print(f"  {feature:<16}revenue ${revenue:>9,.2f}  AI cost ${cost:>8,.2f}  margin ${margin:>9,.2f}")
+
+
+def print_report(result) -> None:
+    """Where the month's report is, what it says at the top, and whether it agrees with the Finout files."""
+    [materialization] = result.get_asset_materialization_events()
+    meta = materialization.materialization.metadata
+    [check] = result.get_asset_check_evaluations()
+    print(f"\nMonthly report ({meta['status'].value}, {meta['days_known'].value} days, "
+          f"${meta['total_cost_usd'].value:,.2f}): {meta['path'].value}")
+    print(f"  {'agrees with' if check.passed else 'DISAGREES with'} the Finout files: {check.description}")
+    print("  Open it in any browser; `make report MONTH=YYYY-MM` renders another month.")
