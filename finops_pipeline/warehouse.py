@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS cost_reconciliation (
     traced_usd           {MONEY} NOT NULL,
     billed_usd           {MONEY} NOT NULL,
     gap_usd              {MONEY} NOT NULL,   -- billed - traced
-    gap_pct              DOUBLE,             -- gap / billed; NULL when nothing was billed
+    gap_pct              DOUBLE,             -- 100 × gap / billed (%); NULL when nothing was billed
     unpriced_generations BIGINT NOT NULL,
     has_bill             BOOLEAN NOT NULL,   -- the provider bills this day: its gap is judged
     final                BOOLEAN NOT NULL    -- the bill has settled; else provisional (warns at most)

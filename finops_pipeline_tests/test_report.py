@@ -36,9 +36,9 @@ CALLS = [("product", "chat", "acme", "pro", 3, 0.333778), ("product", "search", 
          (None, "chat", "umbrella", "pro", 2, 0.110667)]
 
 
-def _days(settings: FinopsSettings, days=NOV, instance=None, extra=()) -> None:
+def _days(settings: FinopsSettings, days=NOV, instance=None, extra=(), overbilled: dict | None = None) -> None:
     """Each day: the calls above (one unallocated team) and `extra` rows, billed by OpenAI as the calls were
-    traced; through the daily graph."""
+    traced (times `overbilled[day]`); through the daily graph."""
     for day in days:
         rows = list(extra)
         for team, feature, customer, tier, calls, cost in CALLS:
@@ -46,7 +46,8 @@ def _days(settings: FinopsSettings, days=NOV, instance=None, extra=()) -> None:
             rows += [generation(f"{day}-{customer}-{feature}-{i}", f"{day} 09:00:00", cost=cost, metadata=metadata)
                      for i in range(calls)]
         cover_day(settings, {9: rows}, day=day)
-        write_openai_bill(Path(settings.billing_dir), day, {"gpt-4o-2024-08-06, input": sum(c * n for *_, n, c in CALLS)})
+        billed = round(sum(c * n for *_, n, c in CALLS) * (overbilled or {}).get(day, 1), 6)
+        write_openai_bill(Path(settings.billing_dir), day, {"gpt-4o-2024-08-06, input": billed})
         write_anthropic_bill(Path(settings.billing_dir), day, {})
         result = dg.materialize(build_assets(), selection=DAILY, partition_key=day.isoformat(),
                                 resources=build_resources(settings), instance=instance or dg.DagsterInstance.ephemeral(),
@@ -103,6 +104,10 @@ class Page(HTMLParser):
             self._cell += data
 
 
+def html_text(path: Path) -> str:
+    return " ".join(path.read_text().split())
+
+
 def _cents(text: str) -> Decimal:
     return Decimal(text.replace("$", "").replace(",", ""))
 
@@ -111,7 +116,7 @@ def test_the_report_adds_up_to_the_delivered_files_to_the_cent_and_loads_nothing
     Path(settings.home).mkdir(parents=True)
     (Path(settings.home) / "revenue.csv").write_text(
         "month,customer_id,feature,revenue_usd\n2026-11,acme,,100\n2026-11,globex,,5\n2026-11,globex,report,3\n")
-    _days(settings, instance=instance)
+    _days(settings, instance=instance, overbilled={NOV[1]: 1.03})  # 3% more: past the 2% warning, not 5%
     result = _report(settings, instance=instance)
     assert result.success
     meta = materialization_metadata(result, "monthly_report")
@@ -122,6 +127,8 @@ def test_the_report_adds_up_to_the_delivered_files_to_the_cent_and_loads_nothing
     files = [str(Path(settings.finout_dir) / file_name(d)) for d in NOV]
     [(delivered,)] = query(settings, "SELECT sum(Cost::DECIMAL(38, 12)) FROM read_csv(?, header = true, all_varchar = true)",
                            [files])
+    [(billed,)] = query(settings, "SELECT sum(cost_usd) FROM provider_costs")
+    assert meta["billed_cost_usd"] == float(billed) and meta["traced_cost_usd"] == float(delivered)
     assert meta["total_cost_usd"] == float(delivered) and meta["days_known"] == 3 and meta["days_unknown"] == 27
     check = check_evaluation(result, "report_matches_delivery")
     assert check.passed and f"equals the 3 Finout files delivered for them ({delivered:,.6f} USD)" in check.description
@@ -149,6 +156,13 @@ def test_the_report_adds_up_to_the_delivered_files_to_the_cent_and_loads_nothing
     # 4. The feature margin of the feature whose revenue the file names, and no other.
     [feature_margin] = page.tables["unit-costs"][1][1:]
     assert feature_margin[:2] == ["report", "$3.00"]
+
+    # 5. The day billed 3% above its traces, in % of the bill, as the reconciliation check says it.
+    [gap] = page.tables["controls"][-1][1:]
+    [(pct,)] = query(settings, "SELECT gap_pct FROM cost_reconciliation WHERE day = ? AND depth = 'provider' AND "
+                               "provider = 'openai'", [NOV[1]])
+    assert gap[:2] == [NOV[1].isoformat(), "openai"] and gap[5] == f"{pct:+.1f}%" and 2.8 < pct < 3.0
+    assert page.titles[4] == SECTIONS[4] and "warning threshold" in html_text(path)
 
     # Every section 1-4 has its chart, drawn as inline SVG; nothing is loaded from anywhere.
     assert all(page.svgs.get(s, 0) >= 1 for s in ("spend", "trend", "customers", "unit-costs"))

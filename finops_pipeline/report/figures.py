@@ -168,9 +168,9 @@ def month_figures(conn: duckdb.DuckDBPyConnection, month: date, settings: Finops
             FROM cost_reconciliation WHERE depth = 'provider' AND has_bill AND day BETWEEN $first AND $through
             GROUP BY ALL ORDER BY billed_usd DESC""", params),
         gap_days=_records(conn, """
-            SELECT day, provider, traced_usd, billed_usd, gap_usd, gap_pct * 100 AS gap_pct, final
+            SELECT day, provider, traced_usd, billed_usd, gap_usd, gap_pct, final  -- gap_pct is in % of the bill
             FROM cost_reconciliation WHERE depth = 'provider' AND has_bill AND day BETWEEN $first AND $through
-              AND abs(gap_pct * 100) > $warn ORDER BY day, provider""",
+              AND abs(gap_pct) > $warn ORDER BY day, provider""",
                           {**params, "warn": settings.reconciliation_warn_pct}),
         unpriced=_records(conn, """
             SELECT model, cost_source, count(*) AS generations, sum(total_tokens) AS tokens,
