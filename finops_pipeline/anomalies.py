@@ -20,6 +20,7 @@ call against the version the series used before; for all spend, the series that 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -103,12 +104,14 @@ class Cause:
     explanation: str
 
 
-def explain(conn: duckdb.DuckDBPyConnection, found: pd.DataFrame, day: date) -> list[Cause]:
-    """Why each anomaly of `day` (rows of `detect`) happened, from allocated_costs and langfuse_generations."""
+def explain(conn: duckdb.DuckDBPyConnection, found: pd.DataFrame, day: date,
+            shown: Callable[[str, str], str] = lambda dimension, value: value) -> list[Cause]:
+    """Why each anomaly of `day` (rows of `detect`) happened, from allocated_costs and langfuse_generations;
+    series named by `shown(dimension, value)` (as the delivery names them: hashed where it hashes)."""
     usual_days = [day.fromordinal(day.toordinal() - lag) for lag in WEEKS]
     causes = []
     for row in found.itertuples():  # a handful of anomalies a day: each is a small query
-        label = "all spend" if row.dimension == TOTAL else f"{row.dimension} {row.value}"
+        label = "all spend" if row.dimension == TOTAL else f"{row.dimension} {shown(row.dimension, row.value)}"
         factor = row.cost / row.usual if row.usual else math.inf
         head = f"{label}: ${row.cost:,.2f} vs ${row.usual:,.2f} usual (×{factor:.1f})"
         if not row.usual:
@@ -136,7 +139,7 @@ def explain(conn: duckdb.DuckDBPyConnection, found: pd.DataFrame, day: date) -> 
             others = found[(found.dimension != TOTAL) & (found.day == row.day)]
             if len(others):
                 top = others.assign(change=others.cost - others.usual).sort_values("change", key=abs).iloc[-1]
-                parts.append(f"mostly {top.dimension} {top.value} ({top.change:+,.2f} USD)")
+                parts.append(f"mostly {top.dimension} {shown(top.dimension, top.value)} ({top.change:+,.2f} USD)")
         causes.append(Cause(cause, "; ".join(parts)))
     return causes
 

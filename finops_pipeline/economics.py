@@ -68,6 +68,25 @@ def load_revenue(conn: duckdb.DuckDBPyConnection, path: Path) -> bool:
     return True
 
 
+def duplicate_revenue_lines(conn: duckdb.DuckDBPyConnection) -> list[list[int]]:
+    """Lines of the loaded revenue file that repeat another line exactly, as groups of line numbers: summed
+    like any rows of a customer and month, but more often a row pasted twice than two equal invoices."""
+    fields = [c for (c,) in conn.execute("SELECT column_name FROM (DESCRIBE raw_revenue)").fetchall() if c != "line"]
+    group = ", ".join(f"trim(coalesce({f}, ''))" for f in fields)
+    return [lines for (lines,) in conn.execute(
+        f"SELECT list(line ORDER BY line) FROM raw_revenue GROUP BY {group} HAVING count(*) > 1 ORDER BY min(line)"
+    ).fetchall()]
+
+
+def duplicate_note(path: Path, duplicates: list[list[int]]) -> str:
+    """The sentence saying which revenue lines repeat one another ('' when none)."""
+    if not duplicates:
+        return ""
+    groups = "; ".join(" and ".join(str(n) for n in lines) for lines in duplicates)
+    return (f" {path}: lines {groups} repeat the same row and are summed (as every row of a customer and month is); "
+            "remove the copies if they were pasted twice.")
+
+
 def load_outcomes(conn: duckdb.DuckDBPyConnection, path: Path) -> bool:
     """Temp table `outcomes` (day DATE, feature, outcome, count BIGINT) from `path`; False when there is no file."""
     if not path.exists():

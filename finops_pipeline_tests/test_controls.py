@@ -19,6 +19,7 @@ from finops_pipeline.projection import backtest, forecast
 from finops_pipeline.warehouse import connect, replace_partition
 from finops_pipeline.assets.cost_anomalies import _new_episode
 from finops_pipeline.settings import FinopsSettings
+from finops_pipeline.destinations.finout import hashed_value
 from finops_pipeline_tests.conftest import (
     REPO, cover_day, generation, materialize_day, query, replace_settings, write_anthropic_bill, write_openai_bill,
 )
@@ -306,6 +307,22 @@ def test_a_new_prompt_version_is_named_with_its_cost_per_call(settings):
     assert text == ("feature report-writer: $288.00 vs $30.00 usual (×9.6); calls ×1.1, cost per call ×9.1; "
                     "prompt report-writer-prompt v7 (first seen today) costs ×10.0 per call of v6")
     assert found[("team", "analytics")][0] == "prompt version"  # the same rows seen by team
+
+
+def test_a_series_of_a_hashed_dimension_is_named_by_its_hash_everywhere(settings):
+    """Anomalies and budgets name values as the delivery does: hashed teams and features never leave in the clear."""
+    hashed = replace_settings(settings, hashed_dimensions=["team", "feature"], hash_salt="pepper")
+    _history(hashed, STEADY + [_generations(JUDGED, "report-writer", 100, 1.20)])
+    result = materialize_day(hashed, JUDGED, selection=["cost_anomalies"])
+    team, feature = hashed_value("team", "analytics", "pepper"), hashed_value("feature", "report-writer", "pepper")
+    rows = query(hashed, "SELECT dimension, value, explanation FROM cost_anomalies WHERE day = ?", [JUDGED])
+    assert {("team", team), ("feature", feature)} <= {(d, v) for d, v, _ in rows}
+    [check] = result.get_asset_check_evaluations()
+    assert f"feature {feature}: $120.00" in check.description and f"mostly team {team}" in check.description
+    assert "analytics" not in check.description + str(rows) and "report-writer" not in check.description + str(rows)
+    _write(hashed, BUDGETS)
+    status = _budget_check(materialize_day(hashed, JUDGED, selection=["budget_status"]))
+    assert "report-writer" not in status.description and f"largest: feature {feature} $" in status.description
 
 
 @pytest.mark.parametrize(("today", "series", "cause", "words"), [

@@ -14,7 +14,7 @@ import pytest
 
 from finops_pipeline.assets.monthly_report import build_monthly_report
 from finops_pipeline.definitions import build_assets, build_resources
-from finops_pipeline.destinations.finout import file_name
+from finops_pipeline.destinations.finout import file_name, hashed_value
 from finops_pipeline.report.figures import cents_that_add, month_figures
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.warehouse import replace_partition
@@ -46,7 +46,8 @@ def _days(settings: FinopsSettings, days=NOV, instance=None, extra=(), overbille
             rows += [generation(f"{day}-{customer}-{feature}-{i}", f"{day} 09:00:00", cost=cost, metadata=metadata)
                      for i in range(calls)]
         cover_day(settings, {9: rows}, day=day)
-        billed = round(sum(c * n for *_, n, c in CALLS) * (overbilled or {}).get(day, 1), 6)
+        priced = sum(c * n for *_, n, c in CALLS) + sum(r["total_cost"] for r in extra if (r["total_cost"] or 0) > 0)
+        billed = round(priced * (overbilled or {}).get(day, 1), 6)
         write_openai_bill(Path(settings.billing_dir), day, {"gpt-4o-2024-08-06, input": billed})
         write_anthropic_bill(Path(settings.billing_dir), day, {})
         result = dg.materialize(build_assets(), selection=DAILY, partition_key=day.isoformat(),
@@ -115,7 +116,8 @@ def _cents(text: str) -> Decimal:
 def test_the_report_adds_up_to_the_delivered_files_to_the_cent_and_loads_nothing(settings, instance):
     Path(settings.home).mkdir(parents=True)
     (Path(settings.home) / "revenue.csv").write_text(
-        "month,customer_id,feature,revenue_usd\n2026-11,acme,,100\n2026-11,globex,,5\n2026-11,globex,report,3\n")
+        "month,customer_id,feature,revenue_usd\n2026-11,acme,,100\n2026-11,globex,,5\n2026-11,globex,report,3\n"
+        "2026-11,ghost,,50\n")  # ghost pays and made no AI call this month
     _days(settings, instance=instance, overbilled={NOV[1]: 1.03})  # 3% more: past the 2% warning, not 5%
     result = _report(settings, instance=instance)
     assert result.success
@@ -153,6 +155,15 @@ def test_the_report_adds_up_to_the_delivered_files_to_the_cent_and_loads_nothing
     assert customers["globex"][1] == "$8.00" and customers["globex"][2].startswith("-$")
     assert customers["initech"][1:3] == ["—", "—"] and customers["umbrella"][1:3] == ["—", "—"]
     assert 'class="n neg">-$' in path.read_text()
+    # Per tier: a tier's revenue only when every customer of it has a row (pro: umbrella has none, free: initech);
+    # the customer with revenue and no calls is a row of its own: the tiers' revenue adds up to the file's.
+    tiers = {row[0]: row[1:] for row in page.tables["customers"][1][1:]}
+    [(globex,)] = query(settings, "SELECT sum(cost_usd) FROM allocated_costs WHERE allocation['customer_id'] = 'globex'")
+    assert tiers["enterprise"][6:] == ["$8.00", f"-${globex - 8:,.2f}"]  # globex alone: $8 of revenue, a loss
+    assert tiers["pro"][6] == "— (1 without)" and tiers["free"][6] == "— (1 without)"
+    assert tiers["(no AI calls)"][0] == "$0.00" and tiers["(no AI calls)"][6:] == ["$50.00", "$50.00"]
+    assert customers["ghost"][:3] == ["$0.00", "$50.00", "$50.00"]
+    assert "4 customers with AI cost this month" in html_text(path)  # unallocated spend is no customer
     # 4. The feature margin of the feature whose revenue the file names, and no other.
     [feature_margin] = page.tables["unit-costs"][1][1:]
     assert feature_margin[:2] == ["report", "$3.00"]
@@ -206,7 +217,7 @@ def test_customers_hashed_in_the_delivery_are_hashed_in_the_report(settings):
     hashed = replace_settings(settings, hashed_dimensions=["customer_id"], hash_salt="pepper",
                               finout_dimensions=["team", "feature", "customer_id"])
     Path(settings.home).mkdir(parents=True)
-    (Path(settings.home) / "revenue.csv").write_text("month,customer_id,revenue_usd\n2026-11,globex,5\n")
+    (Path(settings.home) / "revenue.csv").write_text("month,customer_id,revenue_usd\n2026-11,globex,5\n2026-11,newlogo,9\n")
     _days(hashed, NOV[:1])
     assert _report(hashed).success
     html = (Path(settings.home) / "reports" / "llm-costs-2026-11.html").read_text()
@@ -215,6 +226,10 @@ def test_customers_hashed_in_the_delivery_are_hashed_in_the_report(settings):
     customers = {row[0]: row for row in Page(html).tables["customers"][0][1:]}
     assert not {"acme", "globex", "initech", "umbrella"} & set(customers) and all(c.startswith("h_") for c in customers)
     assert customers[finout[0]][2] == "$5.00"  # globex's revenue, joined before hashing, shown under its hash
+    # a customer with revenue and no AI call is hashed the same way, in the file and in the UI's metadata
+    assert customers[hashed_value("customer_id", "newlogo", "pepper")][1:3] == ["$0.00", "$9.00"]
+    meta = materialization_metadata(_report(hashed), "monthly_report")
+    assert "newlogo" not in html and "newlogo" not in meta["customers"] and "globex" not in meta["customers"]
 
 
 def test_a_month_is_final_only_when_every_day_is_in_and_settled(settings):
@@ -243,6 +258,27 @@ def test_a_month_with_no_complete_day_fails_rather_than_reporting_zero(settings)
     result = _report(settings, month=f"{datetime.now(timezone.utc):%Y-%m}-01")
     [failure] = result.get_step_failure_events()
     assert "has no complete day yet: nothing to report before" in failure.event_specific_data.error.message
+
+
+def test_a_month_with_no_known_day_fails_rather_than_reporting_zero(settings):
+    _days(settings, NOV[:1])
+    result = _report(settings, month="2026-10-01")
+    [failure] = result.get_step_failure_events()
+    assert "No day of October 2026 through 2026-10-31 is known" in failure.event_specific_data.error.message
+    assert not (Path(settings.home) / "reports" / "llm-costs-2026-10.html").exists()
+
+
+def test_the_file_is_readable_like_the_delivered_files_and_the_metadata_tables_hold_odd_names(settings):
+    odd = "Müller & Söhne|<b>x</b>"
+    _days(settings, NOV[:1], extra=[generation("odd", f"{NOV[0]} 09:40:00", cost=5.0, metadata={
+        "feature": "chat", "team": "product", "customer_id": odd, "tier": "pro"})])
+    meta = materialization_metadata(_report(settings), "monthly_report")
+    report = Path(settings.home) / "reports" / "llm-costs-2026-11.html"
+    finout = Path(settings.finout_dir) / file_name(NOV[0])
+    assert report.stat().st_mode & 0o777 == finout.stat().st_mode & 0o777
+    [row] = [line for line in meta["customers"].splitlines() if "Müller" in line]
+    assert "Müller & Söhne\\|&lt;b&gt;x&lt;/b&gt;" in row and row.count(" | ") == 4  # five cells, no more
+    assert "Müller &amp; Söhne|&lt;b&gt;x&lt;/b&gt;" in report.read_text()  # escaped in the HTML
 
 
 def test_the_check_names_a_day_whose_delivered_file_disagrees_with_the_report(settings):

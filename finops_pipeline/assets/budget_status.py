@@ -11,6 +11,7 @@ from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.assets.finout_upload import delivery_asset_args
 from finops_pipeline.budgets import TOTAL, Budget, BudgetsFileError, contributors, load_budgets, stage_spend
+from finops_pipeline.destinations.finout import shown_as_delivered
 from finops_pipeline.partitions import daily_check, partition_day
 from finops_pipeline.projection import backtest, forecast
 from finops_pipeline.settings import FinopsSettings
@@ -54,8 +55,9 @@ def build_budget_status(basis: str) -> dg.AssetsDefinition:
             first = min([day - timedelta(days=HISTORY_DAYS)] + [b.period_of(day)[0] for b in budgets])
             missing = stage_spend(conn, first, day, basis, settings.allocation_keys, settings.billed_providers)
             known = {first + timedelta(days=i) for i in range((day - first).days + 1)} - set(missing)
-            rows = [_status(conn, b, day, missing, known, dimensions, amount=b.amount_usd if b is not total else None)
-                    for b in [*budgets, total]]
+            shown = shown_as_delivered(settings.hashed_dimensions, settings.hash_salt)  # as the delivery names them
+            rows = [_status(conn, b, day, missing, known, dimensions, shown,
+                            amount=b.amount_usd if b is not total else None) for b in [*budgets, total]]
             frame = pd.DataFrame(rows)
             conn.register("budget_rows", frame.drop(columns=["thresholds", "history_days"]))
             with transaction(conn):
@@ -82,7 +84,7 @@ def build_budget_status(basis: str) -> dg.AssetsDefinition:
 
 
 def _status(conn, budget: Budget, day: date, missing: list[date], known: set[date], dimensions: list[str],
-            amount: Decimal | None) -> dict:
+            shown, amount: Decimal | None) -> dict:
     start, end = budget.period_of(day)
     predicate = budget.predicate()
     daily = {d: float(c) for d, c in conn.execute(
@@ -107,7 +109,7 @@ def _status(conn, budget: Budget, day: date, missing: list[date], known: set[dat
         "projected_share_pct": float(projected / amount * 100) if amount else None,
         "threshold_crossed": max(crossed) if crossed else None,
         "days_missing": sum(1 for d in missing if start <= d <= day),
-        "contributors": ", ".join(f"{'customer' if c.dimension == 'customer_id' else c.dimension} {c.value} "
+        "contributors": ", ".join(f"{'customer' if c.dimension == 'customer_id' else c.dimension} {shown(c.dimension, c.value)} "
                                   f"${c.cost:,.2f}" for c in top),
         "backtest_mape_pct": mape, "backtest_forecasts": compared, "thresholds": budget.thresholds,
         "history_days": history,

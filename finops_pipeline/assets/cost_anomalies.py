@@ -9,6 +9,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.anomalies import WEEKS, detect, explain, stage_series
+from finops_pipeline.destinations.finout import shown_as_delivered
 from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
@@ -46,9 +47,12 @@ def cost_anomalies(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
         weeks = conn.execute("SELECT count(*) FROM calendar WHERE day < ? AND (? - day) % 7 = 0",
                              [day, day]).fetchone()[0]
         found = detect(conn, day, day, settings.anomaly_floor_usd)
-        causes = explain(conn, found, day)
+        shown = shown_as_delivered(settings.hashed_dimensions, settings.hash_salt)
+        causes = explain(conn, found, day, shown)
+        # series named as the delivery names them (hashed where it hashes): in the table, metadata and alerts
         frame = found.assign(cause=[c.cause for c in causes], explanation=[c.explanation for c in causes],
-                             cost_usd=found["cost"], usual_usd=found["usual"])
+                             cost_usd=found["cost"], usual_usd=found["usual"],
+                             value=[shown(d, v) for d, v in zip(found["dimension"], found["value"])])
         conn.register("anomaly_rows", frame[["day", "dimension", "value", "direction", "cost_usd", "usual_usd",
                                              "score", "calls", "usual_calls", "cause", "explanation"]])
         with transaction(conn):

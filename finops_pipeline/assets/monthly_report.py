@@ -8,7 +8,7 @@ until its last day's lookback and settling are over.
 """
 
 import os
-import tempfile
+import threading
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -127,9 +127,12 @@ def _matches_delivery(conn, figures, settings: FinopsSettings) -> dg.AssetCheckR
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """The new report or the previous one, never half of one."""
+    """The new report or the previous one, never half of one; readable as the process's umask allows, like
+    the delivered files (a temporary file would be private to its owner)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

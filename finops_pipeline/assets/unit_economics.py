@@ -8,8 +8,11 @@ from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.assets.finout_upload import delivery_asset_args
 from finops_pipeline.budgets import period_bounds, stage_spend
+from finops_pipeline.cost_basis import UNATTRIBUTED
+from finops_pipeline.destinations.finout import hashed_sql
 from finops_pipeline.economics import (
-    UNIT_DIMENSIONS, BusinessFileError, load_outcomes, load_revenue, margin_sql, unit_economics_sql,
+    UNIT_DIMENSIONS, BusinessFileError, duplicate_note, duplicate_revenue_lines, load_outcomes, load_revenue, margin_sql,
+    unit_economics_sql,
 )
 from finops_pipeline.generations import UNALLOCATED
 from finops_pipeline.partitions import daily_check, partition_day
@@ -47,6 +50,7 @@ def build_unit_economics(basis: str) -> dg.AssetsDefinition:
                 has_outcomes = load_outcomes(conn, settings.outcomes_path)
             except BusinessFileError as exc:
                 raise dg.Failure(str(exc)) from None
+            duplicates = duplicate_revenue_lines(conn) if has_revenue else []
             # the month's spend on the cost basis is for the margins only: without revenue, nothing to stage
             missing = stage_spend(conn, month_start, day, basis, settings.allocation_keys,
                                   settings.billed_providers) if has_revenue else []
@@ -70,12 +74,14 @@ def build_unit_economics(basis: str) -> dg.AssetsDefinition:
             feature_margin = conn.execute("SELECT feature, margin_usd FROM feature_margin WHERE day = ? AND "
                                           "margin_usd IS NOT NULL ORDER BY feature", [day]).fetchall()
             unmatched = conn.execute("""SELECT count(*), coalesce(sum(ai_cost_usd), 0) FROM customer_margin
-                                        WHERE day = ? AND revenue_usd IS NULL""", [day]).fetchone()
-        check = _check(flagged, new, has_revenue, unmatched, len(missing), settings)
+                                        WHERE day = ? AND revenue_usd IS NULL AND customer_id NOT IN (?, ?)""",
+                                     [day, UNALLOCATED, UNATTRIBUTED]).fetchone()
+        check = _check(flagged, new, has_revenue, unmatched, len(missing), settings, duplicates)
         metadata = {"dagster/row_count": rows, "customers_with_margin": margins, "features_with_margin": feature_margins,
                     "free_tier_share_pct": shares[0], "top10_customers_share_pct": shares[1],
                     "revenue_file": str(settings.revenue_path) if has_revenue else "none: margins left out",
                     "outcomes_file": str(settings.outcomes_path) if has_outcomes else "none: cost per outcome left out",
+                    "revenue_duplicate_lines": sum(len(lines) - 1 for lines in duplicates),
                     **({"month_days_not_known": len(missing)} if has_revenue else {})}
         for feature, per_1k in features:  # the UI plots each over the days
             if per_1k is not None:
@@ -98,7 +104,7 @@ def _flagged(conn, day: date, settings: FinopsSettings) -> list[dict]:
     name = "customer_id"
     params: dict = {"day": day, "limit": settings.margin_warn_pct}
     if "customer_id" in settings.hashed_dimensions:
-        name = "'h_' || left(sha256($salt || '|customer_id|' || customer_id), 20)"
+        name = hashed_sql("customer_id", "customer_id")
         params["salt"] = settings.hash_salt or ""
     rows = conn.execute(f"""
         SELECT customer_id, {name} AS shown, revenue_usd, ai_cost_usd, margin_usd, ai_share_pct,
@@ -124,7 +130,7 @@ def _shares(conn, day: date) -> tuple[float, float]:
 
 
 def _check(flagged: list[dict], new: list[dict], has_revenue: bool, unmatched: tuple, missing: int,
-           settings: FinopsSettings) -> dg.AssetCheckResult:
+           settings: FinopsSettings, duplicates: list[list[int]]) -> dg.AssetCheckResult:
     if not has_revenue:
         return dg.AssetCheckResult(
             check_name=MARGIN_CHECK, passed=True,
@@ -139,7 +145,7 @@ def _check(flagged: list[dict], new: list[dict], has_revenue: bool, unmatched: t
     count, cost = unmatched
     notes = (f" {count} customers with AI cost have no revenue row this month (${cost:,.2f}): their margin is "
              "unknown." if count else "") + (f" {missing} days of the month not known: costs are at least these."
-                                              if missing else "")
+                                              if missing else "") + duplicate_note(settings.revenue_path, duplicates)
     description = (f"{len(flagged)} customers past {settings.margin_warn_pct:g}% of revenue or below zero margin, "
                    f"month to date: " + "; ".join(sentence(f) for f in flagged) + "." if flagged else
                    f"Every customer with revenue keeps its AI cost within {settings.margin_warn_pct:g}% of it, month "

@@ -7,7 +7,9 @@ Only the configured dimensions leave the building: no other metadata, never prom
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -48,12 +50,27 @@ def dimension_expressions(allocation_keys: list[str], hashed: list[str]) -> dict
         "project_id": f"coalesce(project_id, CASE WHEN source = 'invoice' THEN '{UNATTRIBUTED}' ELSE 'unknown' END)",
     }
     for key in allocation_keys:  # keys are validated identifiers (settings.py): safe to inline
-        value = f"allocation['{key}']"
-        if key in hashed:  # the same value always gets the same hash; only the salt's holder can test a guess
-            value = (f"CASE WHEN {value} IN ('{UNALLOCATED}', '{UNATTRIBUTED}') THEN {value} "
-                     f"ELSE 'h_' || left(sha256($salt || '|{key}|' || {value}), 20) END")
-        expressions[key] = value
+        expressions[key] = hashed_sql(key, f"allocation['{key}']") if key in hashed else f"allocation['{key}']"
     return expressions
+
+
+def hashed_sql(key: str, value: str) -> str:
+    """SQL of `value` (an expression) of allocation key `key` as a hashed dimension is delivered (`$salt`): the
+    same value always gets the same hash, and only the salt's holder can test a guess. `hashed_value` in Python."""
+    return (f"CASE WHEN {value} IN ('{UNALLOCATED}', '{UNATTRIBUTED}') THEN {value} "
+            f"ELSE 'h_' || left(sha256($salt || '|{key}|' || {value}), 20) END")
+
+
+def hashed_value(key: str, value: str, salt: str) -> str:
+    """`value` of `key` as `hashed_sql` delivers it, for text written outside SQL (alerts, explanations)."""
+    if value in (UNALLOCATED, UNATTRIBUTED):
+        return value
+    return "h_" + hashlib.sha256(f"{salt}|{key}|{value}".encode()).hexdigest()[:20]
+
+
+def shown_as_delivered(hashed: list[str], salt: str | None) -> Callable[[str, str], str]:
+    """(dimension, value) -> the value as the Finout file shows it: hashed for the hashed dimensions."""
+    return lambda dimension, value: hashed_value(dimension, value, salt or "") if dimension in hashed else value
 
 
 def finout_rows_sql(dimensions: list[str], allocation_keys: list[str], hashed: list[str]) -> str:

@@ -19,8 +19,10 @@ import duckdb
 
 from finops_pipeline.budgets import TOTAL, period_bounds, stage_spend
 from finops_pipeline.cost_basis import UNATTRIBUTED
-from finops_pipeline.destinations.finout import dimension_expressions
-from finops_pipeline.economics import load_outcomes, load_revenue, margin_sql
+from finops_pipeline.destinations.finout import dimension_expressions, hashed_sql
+from finops_pipeline.economics import (
+    duplicate_note, duplicate_revenue_lines, load_outcomes, load_revenue, margin_sql,
+)
 from finops_pipeline.generations import UNALLOCATED
 from finops_pipeline.projection import WINDOW, Forecast, forecast
 from finops_pipeline.reconciliation import final_after
@@ -29,6 +31,7 @@ from finops_pipeline.settings import FinopsSettings
 TOP_CUSTOMERS = 20
 CENT = Decimal("0.01")
 NOT_A_KEY = "(not an allocation key)"
+NO_CALLS = "(no AI calls)"  # customers with revenue and no AI cost this month
 
 
 @dataclass
@@ -85,6 +88,10 @@ def month_figures(conn: duckdb.DuckDBPyConnection, month: date, settings: Finops
     history = min(first, through - timedelta(days=WINDOW - 1))  # the projection's weeks before
     missing = stage_spend(conn, history, through, basis, settings.allocation_keys, settings.billed_providers)
     unknown = [d for d in missing if d >= first]
+    if len(unknown) == (through - first).days + 1:
+        raise ValueError(f"No day of {first:%B %Y} through {through} is known (allocated_costs has written none"
+                         + (", or their bills are not read" if basis == "invoice" else "")
+                         + "): nothing to report rather than $0. Materialize the month's days first.")
     settled_at = final_after(last, max(settings.settling_days, settings.lookback_days))
     final = through == last and not unknown and now >= settled_at
     status = ("every day allocated, and its bills and late Langfuse data settled on "
@@ -140,9 +147,12 @@ def month_figures(conn: duckdb.DuckDBPyConnection, month: date, settings: Finops
                for d in (first + timedelta(days=i) for i in range((through - first).days + 1))],
         projection=projection,
         projected_daily=[{"day": d, **asdict(forecast(daily_float, through, [d], known))} for d in left],
-        customers=_customers(conn, key("customer_id"), has_revenue, params) if "customer_id" in settings.allocation_keys else [],
-        customer_count=_run(conn, f"SELECT count(DISTINCT {key('customer_id')}) FROM month_spend",
-                                    params).fetchone()[0],
+        customers=_customers(conn, key("customer_id"), hashed_sql("customer_id", "m.customer_id")
+                             if "customer_id" in settings.hashed_dimensions else "m.customer_id", has_revenue, params)
+        if "customer_id" in settings.allocation_keys else [],
+        customer_count=_run(conn, f"""SELECT count(DISTINCT allocation['customer_id']) FROM month_spend WHERE
+                                      allocation['customer_id'] NOT IN ('{UNALLOCATED}', '{UNATTRIBUTED}')""",
+                            params).fetchone()[0],
         tiers=_tiers(conn, has_revenue, params) if "tier" in settings.allocation_keys else [],
         unit_costs=_unit_costs(conn, first, through),
         feature_margins=_records(conn, f"""
@@ -198,9 +208,10 @@ def month_figures(conn: duckdb.DuckDBPyConnection, month: date, settings: Finops
     )
 
 
-def _customers(conn, name: str, has_revenue: bool, params: dict) -> list[dict]:
-    """The top customers by AI cost (shown as delivered), then one row for the rest; revenue and margin where
-    known (a customer with revenue and no AI cost is listed too)."""
+def _customers(conn, name: str, revenue_name: str, has_revenue: bool, params: dict) -> list[dict]:
+    """The top customers by AI cost (shown as delivered: `name` over the spend, `revenue_name` over a revenue
+    row's `m.customer_id`), then one row for the rest; revenue and margin where known (a customer with revenue
+    and no AI cost is listed too)."""
     margin = margin_sql("customer_id") if has_revenue else \
         "SELECT NULL::VARCHAR AS customer_id, NULL::DECIMAL(38, 12) AS revenue_usd WHERE false"
     return _records(conn, f"""
@@ -208,9 +219,9 @@ def _customers(conn, name: str, has_revenue: bool, params: dict) -> list[dict]:
             SELECT allocation['customer_id'] AS customer_id, any_value({name}) AS shown, sum(cost_usd) AS ai_cost_usd
             FROM month_spend GROUP BY ALL
         ), ranked AS (
-            SELECT coalesce(c.shown, m.customer_id) AS customer, coalesce(c.ai_cost_usd, 0) AS ai_cost_usd,
+            SELECT coalesce(c.shown, {revenue_name}) AS customer, coalesce(c.ai_cost_usd, 0) AS ai_cost_usd,
                    m.revenue_usd, row_number() OVER (ORDER BY coalesce(c.ai_cost_usd, 0) DESC, m.revenue_usd DESC NULLS LAST,
-                                                     coalesce(c.shown, m.customer_id)) AS rank
+                                                     coalesce(c.shown, {revenue_name})) AS rank
             FROM cost c FULL JOIN ({margin}) m USING (customer_id)
         ), shown AS (
             SELECT rank, customer, ai_cost_usd, revenue_usd, revenue_usd IS NULL AS unknown FROM ranked
@@ -228,25 +239,40 @@ def _customers(conn, name: str, has_revenue: bool, params: dict) -> list[dict]:
 
 def _tiers(conn, has_revenue: bool, params: dict) -> list[dict]:
     """Per tier: cost, its share, customers, calls, requests (from unit_economics) and, with revenue, the
-    revenue of the customers whose spend is mostly in the tier."""
-    revenue = "SELECT NULL::VARCHAR AS tier, NULL::DECIMAL(38, 12) AS revenue_usd WHERE false" if not has_revenue else """
-        SELECT tier, sum(r.revenue_usd) AS revenue_usd FROM revenue r JOIN (
+    revenue of the customers whose spend is mostly in the tier and the margin: known only when every customer
+    of the tier has a revenue row (else "—", with how many have none). Customers with revenue and no AI calls
+    this month are a row of their own, so that the tiers' revenue adds up to the file's."""
+    revenue = "SELECT NULL::VARCHAR AS tier, NULL::DECIMAL(38, 12) AS revenue_usd, 0 AS without_revenue WHERE false" \
+        if not has_revenue else f"""
+        WITH customer_tier AS (
             SELECT allocation['customer_id'] AS customer_id, arg_max(allocation['tier'], cost) AS tier FROM (
-                SELECT allocation, sum(cost_usd) AS cost FROM month_spend GROUP BY ALL) GROUP BY ALL) USING (customer_id)
-        WHERE r.month = $month GROUP BY ALL"""
+                SELECT allocation, sum(cost_usd) AS cost FROM month_spend GROUP BY ALL) GROUP BY ALL
+        ), income AS (
+            SELECT customer_id, sum(revenue_usd) AS revenue_usd FROM revenue WHERE month = $month GROUP BY ALL
+        )
+        SELECT coalesce(t.tier, '{NO_CALLS}') AS tier, sum(i.revenue_usd) AS revenue_usd,
+               count(*) FILTER (WHERE i.revenue_usd IS NULL AND t.customer_id NOT IN ('{UNALLOCATED}', '{UNATTRIBUTED}'))
+                   AS without_revenue
+        FROM customer_tier t FULL JOIN income i USING (customer_id) GROUP BY ALL"""
     return _records(conn, f"""
         WITH cost AS (
             SELECT allocation['tier'] AS tier, sum(cost_usd) AS cost_usd, sum(calls) AS calls,
-                   count(DISTINCT allocation['customer_id']) AS customers FROM month_spend GROUP BY ALL
+                   count(DISTINCT allocation['customer_id']) FILTER (
+                       WHERE allocation['customer_id'] NOT IN ('{UNALLOCATED}', '{UNATTRIBUTED}')) AS customers
+            FROM month_spend GROUP BY ALL
         ), requests AS (
             SELECT value AS tier, sum(requests) AS requests FROM unit_economics
             WHERE dimension = 'tier' AND day BETWEEN $first AND $through GROUP BY ALL
         )
-        SELECT tier, cost_usd, 100 * cost_usd::DOUBLE / nullif(sum(cost_usd) OVER (), 0) AS share_pct, customers, calls,
-               requests, 1000 * cost_usd::DOUBLE / nullif(requests, 0) AS cost_per_1k_requests,
-               revenue_usd, revenue_usd - cost_usd AS margin_usd
-        FROM cost LEFT JOIN requests USING (tier) LEFT JOIN ({revenue}) USING (tier) ORDER BY cost_usd DESC, tier""",
-                    {**params, **({"month": f"{params['first']:%Y-%m}"} if has_revenue else {})})
+        SELECT tier, coalesce(cost_usd, 0) AS cost_usd,
+               100 * coalesce(cost_usd, 0)::DOUBLE / nullif(sum(cost_usd) OVER (), 0) AS share_pct,
+               coalesce(customers, 0) AS customers, coalesce(calls, 0) AS calls, requests,
+               1000 * cost_usd::DOUBLE / nullif(requests, 0) AS cost_per_1k_requests,
+               CASE WHEN without_revenue = 0 THEN revenue_usd END AS revenue_usd,
+               CASE WHEN without_revenue = 0 THEN revenue_usd - coalesce(cost_usd, 0) END AS margin_usd,
+               coalesce(without_revenue, 0) AS without_revenue
+        FROM cost FULL JOIN ({revenue}) USING (tier) LEFT JOIN requests USING (tier)
+        ORDER BY cost_usd DESC NULLS LAST, tier""", {**params, "month": f"{params['first']:%Y-%m}"})
 
 
 def _unit_costs(conn, first: date, through: date) -> list[dict]:
@@ -290,7 +316,9 @@ def _provenance(conn, params: dict, settings: FinopsSettings, basis: str, now: d
     rows += [(f"{provider} bill", f"{days} days from {count:,} files or API pages") for provider, count, days in bills]
     if written[0]:
         rows.append(("Days allocated", f"between {written[0]:%Y-%m-%d %H:%M} and {written[1]:%Y-%m-%d %H:%M} UTC"))
-    rows += [("Revenue file", str(settings.revenue_path) if settings.revenue_path.exists() else "none: margins left out"),
+    revenue = (str(settings.revenue_path) + duplicate_note(settings.revenue_path, duplicate_revenue_lines(conn))
+               if settings.revenue_path.exists() else "none: margins left out")
+    rows += [("Revenue file", revenue),
              ("Outcomes file", str(settings.outcomes_path) if settings.outcomes_path.exists() else "none"),
              ("Prices", f"Langfuse's cost; where it had none, genai-prices {version('genai-prices')}"),
              ("Warehouse", str(settings.duckdb_path)),

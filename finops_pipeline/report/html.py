@@ -56,7 +56,7 @@ def markdown_tables(figures: MonthFigures) -> dict[str, str]:
         if not rows:
             return "_none_"
         frame = pd.DataFrame([{title: (usd(r[c]) if c in money else pct(r[c]) if c in share else
-                                       r[c].isoformat() if isinstance(r[c], date) else r[c])
+                                       r[c].isoformat() if isinstance(r[c], date) else _markdown_text(r[c]))
                                for c, title in columns.items()} for r in rows])
         return frame.to_markdown(index=False)
 
@@ -75,3 +75,10 @@ def markdown_tables(figures: MonthFigures) -> dict[str, str]:
                                                          "billed_usd": "Billed", "gap_usd": "Gap"},
                                 money=("traced_usd", "billed_usd", "gap_usd")),
     }
+
+
+def _markdown_text(value):
+    """A value as a markdown table cell: a `|` would start a new column, and HTML would be rendered."""
+    if not isinstance(value, str):
+        return value
+    return value.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
