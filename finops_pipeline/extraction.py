@@ -25,7 +25,9 @@ from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.sources import api_legacy, api_v2
 from finops_pipeline.sources.api_pages import PageLoader
 from finops_pipeline.sources.export_files import read_files
-from finops_pipeline.sources.export_listing import ENRICHED, TRACE_MARGIN, list_export_files, plan_day, unproven
+from finops_pipeline.sources.export_listing import (
+    ENRICHED, TRACE_MARGIN, ExportFile, list_export_files, plan_day, unproven,
+)
 from finops_pipeline.sources.langfuse_api import (
     EndpointMissing, FetchStats, LangfuseApi, LangfuseApiError, RateLimiter, ServerTotals, Window,
 )
@@ -45,7 +47,18 @@ class Extraction:
     read_from: dict[str, str]  # project id (or key pair name when unknown) -> how it was read, e.g. "v2 API"
 
 
-def extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: FinopsSettings, day: date) -> Extraction:
+@dataclass(frozen=True)
+class ExportPlan:
+    """The export files that hold a day, as listed (names, windows, manifests' row counts, sizes and times)."""
+
+    files: list[ExportFile]
+    layouts: dict[str, str]
+    assumed: list
+    unlisted: int
+
+
+def plan_export(context, settings: FinopsSettings, day: date) -> ExportPlan:
+    """List the export and choose the day's files; fails when the export does not cover the day."""
     start, end = day_bounds(day)
     export_dir = settings.langfuse_export_dir
     try:
@@ -64,6 +77,13 @@ def extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: Fino
         context.log.warning(f"Skipped {path}: no manifest lists it yet (Langfuse may still be writing it).")
     for path, why in listing.unreadable_manifests:
         context.log.warning(f"Skipped manifest {path}: {why}")
+    return ExportPlan(plan.files, plan.layouts, plan.assumed, len(listing.unlisted))
+
+
+def extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: FinopsSettings, day: date,
+                        plan: ExportPlan) -> Extraction:
+    """Read the day's files of `plan` into the scratch tables."""
+    export_dir = settings.langfuse_export_dir
     location = locate(export_dir)
     # A bucket's objects for the day are copied next to the warehouse and read there (object_storage.py)
     with tempfile.TemporaryDirectory(prefix="export-", dir=settings.home) as folder:
@@ -82,7 +102,7 @@ def extract_from_export(context, conn: duckdb.DuckDBPyConnection, settings: Fino
     layouts = sorted(set(plan.layouts.values()))
     metadata = {"source": f"blob export {export_dir}", "export_layout": ", ".join(layouts),
                 "projects": len(plan.layouts), "files_read": len(files),
-                "files_skipped_unlisted": len(listing.unlisted)}
+                "files_skipped_unlisted": plan.unlisted}
     if any(ENRICHED != layout for layout in layouts):  # the legacy layout: observations without their trace's fields
         metadata.update(_joined_traces(context, conn, settings, day))
     return Extraction(rejected, metadata, lambda conn, day: export_completeness(conn, files, rejected),

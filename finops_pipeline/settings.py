@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
+from finops_pipeline.retention import MIN_DAYS
+
 from finops_pipeline.sources.observation_rows import Vocabulary
 
 DEFAULT_ALLOCATION_KEYS = ["feature", "customer_id", "team", "environment", "tier"]
@@ -53,6 +55,7 @@ ENV_VARS = {
     "margin_warn_pct": "FINOPS_MARGIN_WARN_PCT",
     "anomaly_dimensions": "FINOPS_ANOMALY_DIMENSIONS",
     "anomaly_floor_usd": "FINOPS_ANOMALY_FLOOR_USD",
+    "staged_retention_days": "FINOPS_STAGED_RETENTION_DAYS",
 }
 LIST_FIELDS = ("allocation_keys", "billed_providers", "finout_dimensions", "hashed_dimensions", "anomaly_dimensions",
                "langfuse_projects")
@@ -119,6 +122,10 @@ class FinopsSettings(dg.ConfigurableResource):
         description="Model name pattern (glob, case-insensitive) -> provider, tried in order before the built-in "
                     "mapping; e.g. {'azure/*': 'azure_openai', 'llama-*': 'self_hosted'}.",
     )
+    staged_retention_days: int | None = Field(
+        default=None, ge=MIN_DAYS,
+        description="Days of generation-level rows kept in langfuse_generations (unset: all); older days keep their "
+                    "allocated, delivered and derived rows. At least 35: the anomalies read four weeks of calls.")
     settling_days: int = Field(
         default=2, ge=0, le=60,
         description="Days after a day ends during which providers may still revise its bill: until then the day "

@@ -108,6 +108,16 @@ CREATE TABLE IF NOT EXISTS materialized_days (   -- the days an asset has writte
     written_at TIMESTAMP NOT NULL,
     PRIMARY KEY (asset, day)
 );
+CREATE TABLE IF NOT EXISTS staged_inputs (  -- what a staged day was read from (staged_inputs.py)
+    day          DATE PRIMARY KEY,
+    fingerprint  VARCHAR NOT NULL,            -- digest of the export files' listing and the staging settings
+    staged_at    TIMESTAMP NOT NULL,
+    completeness JSON NOT NULL                -- the extraction_complete result that proved the day whole
+);
+CREATE TABLE IF NOT EXISTS retired_days (  -- days whose staged generations retention dropped (retention.py)
+    day        DATE PRIMARY KEY,
+    retired_at TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS budget_status (
     day                 DATE NOT NULL,
     budget              VARCHAR NOT NULL,    -- its name; '(all spend)' for the total, which has no amount
@@ -254,6 +264,8 @@ def _upgrade(conn: duckdb.DuckDBPyConnection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         if step in FILLED_IN_VERSION and version > 0 and has_tables:
             conn.execute(FILLED_IN_VERSION[step])
+    if version != SCHEMA_VERSION:  # days staged by the older version are read again on their next run
+        conn.execute("DELETE FROM staged_inputs")
     if version != SCHEMA_VERSION or conn.execute("SELECT count(*) FROM schema_version").fetchall() != [(1,)]:
         conn.execute("DELETE FROM schema_version")
         conn.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])

@@ -5,6 +5,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
+from finops_pipeline.retention import RetiredDay, check_not_retired
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
 CONSERVATION_CHECK = "cost_conserved"
@@ -41,6 +42,10 @@ GROUP BY ALL
 def allocated_costs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
     day = partition_day(context)
     with connect(duckdb) as conn:
+        try:
+            check_not_retired(conn, day, "allocated_costs")
+        except RetiredDay as exc:
+            raise dg.Failure(str(exc)) from None
         with transaction(conn):
             rows = replace_partition(conn, "allocated_costs", day, _ALLOCATE)
         result = conservation_check(conn, day)

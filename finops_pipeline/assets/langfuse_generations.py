@@ -5,17 +5,21 @@ source lands in the scratch tables and goes through the same validation, dedup, 
 quarantine.
 """
 
+from datetime import datetime, timezone
+
 import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.completeness import COMPLETENESS_CHECK
-from finops_pipeline.extraction import extract_from_api, extract_from_export
+from finops_pipeline.extraction import extract_from_api, extract_from_export, plan_export
 from finops_pipeline.generations import UNALLOCATED, generations_sql, prepare_day
 from finops_pipeline.money import usd
 from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
 from finops_pipeline.resources import LangfuseApiResource
+from finops_pipeline.retention import retire_staged_days, unretire
 from finops_pipeline.settings import FinopsSettings
+from finops_pipeline.staged_inputs import Staged, completeness_then, export_fingerprint, record, unchanged_since
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
 ASSET = "langfuse_generations"
@@ -56,8 +60,19 @@ def langfuse_generations(
 ) -> dg.MaterializeResult:
     day = partition_day(context)
     with connect(duckdb) as conn:
-        extraction = (extract_from_api(context, conn, langfuse, settings, day) if langfuse.configured
-                      else extract_from_export(context, conn, settings, day))
+        fingerprint = None
+        if langfuse.configured:
+            extraction = extract_from_api(context, conn, langfuse, settings, day)
+        else:
+            plan = plan_export(context, settings, day)
+            fingerprint = export_fingerprint(plan.files, settings)
+            staged = unchanged_since(conn, day, fingerprint)
+            if staged is not None:  # the same files as when the day was staged: nothing to read again
+                context.log.info(f"{day}: the export's files are as they were when the day was staged "
+                                 f"({staged.staged_at:%Y-%m-%d %H:%M} UTC): not read again.")
+                result = _as_staged(conn, day, settings, staged)
+                return result._replace(metadata={**result.metadata, **_retention(context, conn, settings)})
+            extraction = extract_from_export(context, conn, settings, day, plan)
         prepare_day(conn, day, settings.provider_map)
         if extraction.rejected:
             conn.executemany(
@@ -68,11 +83,15 @@ def langfuse_generations(
             rows = replace_partition(conn, "langfuse_generations", day, generations_sql(settings.vocabulary))
             conn.execute("DELETE FROM quarantine WHERE source = 'langfuse_generations' AND day = ?", [day])
             conn.execute("INSERT INTO quarantine SELECT * FROM day_quarantine")
+            unretire(conn, day)
         stats = generation_stats(conn, day, settings.allocation_keys)
         quarantined = conn.execute("SELECT count(*) FROM day_quarantine").fetchone()[0]
         quarantine_sample = conn.execute(
             "SELECT file, line, reason FROM day_quarantine ORDER BY file, line LIMIT 10").df()
         complete = extraction.completeness(conn, day)
+        if fingerprint:
+            record(conn, day, fingerprint, complete)
+        retired = _retention(context, conn, settings)
         by_project = conn.execute(
             "SELECT project_id, count(*), sum(cost_usd) FROM langfuse_generations WHERE day = ? GROUP BY ALL",
             [day]).fetchall() if len(extraction.read_from) > 1 else []
@@ -89,6 +108,8 @@ def langfuse_generations(
         "unallocated_cost_usd": stats["unallocated_cost"],
         "quarantined_rows": quarantined,
         **extraction.metadata,
+        "inputs_unchanged": False,
+        **retired,
     }
     if by_project:  # several projects: what each contributed, and how it was read
         staged = {project: (n, cost) for project, n, cost in by_project}
@@ -100,6 +121,36 @@ def langfuse_generations(
         metadata["quarantine_sample"] = dg.MetadataValue.md(quarantine_sample.to_markdown(index=False))
     stats["without_trace"] = extraction.metadata.get("generations_without_trace", 0)
     checks = [unallocated_check(stats, settings), unpriced_check(stats, settings), complete]
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _retention(context, conn, settings: FinopsSettings) -> dict:
+    """Drop the staged generations of the days past FINOPS_STAGED_RETENTION_DAYS (retention.py); say how many."""
+    if settings.staged_retention_days is None:
+        return {}
+    days = retire_staged_days(conn, datetime.now(timezone.utc).date(), settings.staged_retention_days)
+    if days:
+        context.log.info(f"Retention: dropped the staged generations of {len(days)} days ({days[0]} .. {days[-1]}); "
+                         "their allocated and delivered rows stay.")
+    return {"staged_days_retired": len(days)}
+
+
+def _as_staged(conn, day, settings: FinopsSettings, staged: Staged) -> dg.MaterializeResult:
+    """The day as staged from the same inputs: its figures and checks from the warehouse, its completeness as
+    proven then."""
+    stats = generation_stats(conn, day, settings.allocation_keys)
+    [(rows, quarantined)] = conn.execute(
+        "SELECT (SELECT count(*) FROM langfuse_generations WHERE day = $day), "
+        "(SELECT count(*) FROM quarantine WHERE source = 'langfuse_generations' AND day = $day)", {"day": day}).fetchall()
+    metadata = {
+        "dagster/row_count": rows, "total_cost_usd": stats["total_cost"], "langfuse_priced_cost_usd": stats["cost_langfuse"],
+        "price_table_cost_usd": stats["cost_price_table"], "partially_priced_generations": stats["partially_priced"],
+        "unpriced_generations": stats["unpriced"], "unallocated_cost_usd": stats["unallocated_cost"],
+        "quarantined_rows": quarantined, "source": f"blob export {settings.langfuse_export_dir}", "files_read": 0,
+        "inputs_unchanged": True, "inputs_unchanged_since": staged.staged_at.isoformat(),
+    }
+    checks = [unallocated_check(stats, settings), unpriced_check(stats, settings),
+              completeness_then(COMPLETENESS_CHECK, staged)]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 

@@ -16,6 +16,7 @@ from finops_pipeline.economics import (
 )
 from finops_pipeline.generations import UNALLOCATED
 from finops_pipeline.partitions import daily_check, partition_day
+from finops_pipeline.retention import RetiredDay, check_not_retired
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.warehouse import connect, replace_partition, transaction
 
@@ -46,9 +47,10 @@ def build_unit_economics(basis: str) -> dg.AssetsDefinition:
         month_start, _ = period_bounds("monthly", day)
         with connect(duckdb) as conn:
             try:
+                check_not_retired(conn, day, "unit_economics")
                 has_revenue = load_revenue(conn, settings.revenue_path)
                 has_outcomes = load_outcomes(conn, settings.outcomes_path)
-            except BusinessFileError as exc:
+            except (BusinessFileError, RetiredDay) as exc:
                 raise dg.Failure(str(exc)) from None
             duplicates = duplicate_revenue_lines(conn) if has_revenue else []
             # the month's spend on the cost basis is for the margins only: without revenue, nothing to stage

@@ -74,6 +74,7 @@ class ExportFile:
     row_count: int | None = None  # rows its manifest says it holds; None: not stated
     local: str | None = None  # where a copy of a bucket's object was fetched to (object_storage.fetch)
     absent: bool = False  # a manifest lists it, but the export does not hold it: nothing to read, a day not whole
+    stamp: str = ""  # its size and modification time as the store lists them: a file rewritten changes it
 
     @property
     def readable(self) -> str:
@@ -239,15 +240,25 @@ def _format(path: str) -> str:
     return posixpath.basename(path).removesuffix(".gz").rsplit(".", 1)[-1]
 
 
-def _tables(location: Location) -> dict[str, dict[str, list[str]]]:
-    """project folder -> {table folder name or "manifests": the files in it}, from one listing of the root."""
+def _tables(location: Location) -> tuple[dict[str, dict[str, list[str]]], dict[str, str]]:
+    """(project folder -> {table folder name or "manifests": the files in it}, path -> its stamp), from one
+    listing of the root."""
     projects: dict[str, dict[str, list[str]]] = {}
-    for path in sorted(location.fs.find(location.root)):
+    listed = location.fs.find(location.root, detail=True)
+    stamps = {path: _stamp(info) for path, info in listed.items()}
+    for path in sorted(listed):
         folder = posixpath.dirname(path)
         table = posixpath.basename(folder)
         if (table in TABLE_DIRS and _name_time(path)) or (table == "manifests" and path.endswith(".json")):
             projects.setdefault(posixpath.dirname(folder), {}).setdefault(table, []).append(path)
-    return projects
+    return projects, stamps
+
+
+def _stamp(info: dict) -> str:
+    """Size and modification time, as each filesystem names them (local `mtime`, S3 `LastModified`, GCS
+    `updated`, Azure `last_modified`), with the ETag where there is one."""
+    changed = next((info[k] for k in ("mtime", "LastModified", "updated", "last_modified") if info.get(k)), "")
+    return f"{info.get('size')}|{changed}|{info.get('ETag') or info.get('etag') or ''}"
 
 
 def list_export_files(export_dir: str) -> ExportListing:
@@ -256,7 +267,7 @@ def list_export_files(export_dir: str) -> ExportListing:
     location = locate(export_dir)
     try:
         found = location.fs.isdir(location.root)
-        projects = _tables(location) if found else {}
+        projects, stamps = _tables(location) if found else ({}, {})
     except Exception as exc:  # each cloud's SDK has its own errors: access denied, no such bucket, no network
         raise ExportLocationError(f"Cannot list the Langfuse export at {export_dir}: "
                                   f"{type(exc).__name__}: {str(exc)[:300]}") from None
@@ -293,12 +304,13 @@ def list_export_files(export_dir: str) -> ExportListing:
             for path in data_files:
                 url = location.url(path)
                 if manifests and (table, posixpath.basename(path)) in windows:
-                    files.append(ExportFile(url, _format(path), *windows[(table, posixpath.basename(path))]))
+                    files.append(ExportFile(url, _format(path), *windows[(table, posixpath.basename(path))],
+                                            stamp=stamps.get(path, "")))
                 elif manifests:
                     unlisted.append(url)
                 else:
                     end = _name_time(path)
-                    files.append(ExportFile(url, _format(path), previous_end, end))
+                    files.append(ExportFile(url, _format(path), previous_end, end, stamp=stamps.get(path, "")))
                     previous_end = end
     files.sort(key=lambda f: (f.window_end, f.path))
     return ExportListing(files, unlisted, bad_manifests)
@@ -333,7 +345,7 @@ def first_export_day(export_dir: str) -> date | None:
     location = locate(export_dir)
     if location.remote or not location.fs.isdir(location.root):
         return None
-    projects = _tables(location)
+    projects, _ = _tables(location)
     oldest = min((p for tables in projects.values() for table, paths in tables.items() if table != "manifests"
                   for p in paths), key=posixpath.basename, default=None)
     if oldest is None:

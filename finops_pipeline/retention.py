@@ -1,0 +1,60 @@
+"""Retention of staged generations: days older than FINOPS_STAGED_RETENTION_DAYS lose their generation-level
+rows, while everything derived from them (allocated_costs, the deliveries, unit_economics, reconciliation,
+budgets, anomalies, reports) stays. The warehouse then grows with the days' aggregates, not their calls.
+
+A day is retired only once every asset that reads its staged rows (allocated_costs and unit_economics) has
+written it since it was last staged; a retired day is recorded, so that those assets fail on it (saying to
+stage it again) rather than write it from no rows, and a re-run of the day reads its inputs again.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import duckdb
+
+READERS = ("allocated_costs", "unit_economics")  # the assets that read langfuse_generations
+MIN_DAYS = 35  # the anomalies' four weeks of same-weekday history, the prompt versions' 28 days, the lookback
+
+
+class RetiredDay(ValueError):
+    """The day's staged generations were dropped by retention: stage it again before reading it."""
+
+
+def retire_staged_days(conn: duckdb.DuckDBPyConnection, today: date, keep_days: int) -> list[date]:
+    """Drop the staged generations of the days before `today - keep_days` whose readers are up to date with
+    them, in one transaction; returns those days."""
+    cutoff = today - timedelta(days=keep_days)
+    days = [d for (d,) in conn.execute(f"""
+        SELECT s.day FROM materialized_days s
+        WHERE s.asset = 'langfuse_generations' AND s.day < ?
+          AND (SELECT count(*) FROM materialized_days r WHERE r.day = s.day AND r.asset IN {READERS}
+               AND r.written_at >= s.written_at) = {len(READERS)}
+        ORDER BY s.day""", [cutoff]).fetchall()]
+    if days:
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            conn.execute("DELETE FROM langfuse_generations WHERE list_contains(?, day)", [days])
+            conn.execute("DELETE FROM staged_inputs WHERE list_contains(?, day)", [days])
+            conn.execute("DELETE FROM materialized_days WHERE asset = 'langfuse_generations' AND list_contains(?, day)",
+                         [days])
+            conn.execute("INSERT OR REPLACE INTO retired_days SELECT unnest(?::DATE[]), now()", [days])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return days
+
+
+def check_not_retired(conn: duckdb.DuckDBPyConnection, day: date, reader: str) -> None:
+    """Raise RetiredDay when `day`'s staged generations were dropped (and it was not staged again since)."""
+    row = conn.execute("SELECT retired_at FROM retired_days WHERE day = ?", [day]).fetchone()
+    if row:
+        raise RetiredDay(f"{reader} of {day} reads its staged generations, which retention dropped on "
+                         f"{row[0]:%Y-%m-%d} (FINOPS_STAGED_RETENTION_DAYS): its rows stay as they were. To write it "
+                         "again, materialize langfuse_generations for the day first (it reads the day's inputs again).")
+
+
+def unretire(conn: duckdb.DuckDBPyConnection, day: date) -> None:
+    """The day was staged again: its readers may read it."""
+    conn.execute("DELETE FROM retired_days WHERE day = ?", [day])
