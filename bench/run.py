@@ -161,6 +161,37 @@ def child_floor(export: str, fmt: str, inflate: str) -> None:
     print(json.dumps({"total": time.perf_counter() - started, "groups": len(groups)}))
 
 
+def child_floor_write(export: str, fmt: str) -> None:
+    """What any staging pipeline must do, with DuckDB alone: read the same files and write the columns the
+    pipeline stages (ids, time, model, tokens, cost, who, prompt, tags, metadata) to a table in a DuckDB file,
+    under the same memory limit; no validation, no dedup, no pricing."""
+    import duckdb
+
+    files = sorted(str(p) for p in Path(export).rglob(f"*.{EXTENSIONS[fmt]}"))
+    if fmt == "jsonl":
+        source = ("read_json($files, format='newline_delimited', records=true, columns={'id': 'VARCHAR', "
+                  "'trace_id': 'VARCHAR', 'project_id': 'VARCHAR', 'type': 'VARCHAR', 'name': 'VARCHAR', "
+                  "'start_time': 'VARCHAR', 'provided_model_name': 'VARCHAR', 'usage_details': 'MAP(VARCHAR, BIGINT)', "
+                  "'total_cost': 'DECIMAL(38, 12)', 'environment': 'VARCHAR', 'user_id': 'VARCHAR', "
+                  "'session_id': 'VARCHAR', 'prompt_name': 'VARCHAR', 'prompt_version': 'INTEGER', "
+                  "'tags': 'VARCHAR[]', 'metadata': 'MAP(VARCHAR, VARCHAR)'})")
+    else:
+        source = "read_parquet($files)"
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder, duckdb.connect(f"{folder}/floor.duckdb") as conn:
+        conn.execute(f"SET memory_limit = '{os.environ.get('FINOPS_DUCKDB_MEMORY_LIMIT', '500MB')}'")
+        conn.execute("SET preserve_insertion_order = false")
+        conn.execute(f"""
+            CREATE TABLE staged AS SELECT id, trace_id, project_id, type, name, start_time::TIMESTAMP AS start_time,
+                   provided_model_name AS model, usage_details['input'] AS input_tokens,
+                   usage_details['output'] AS output_tokens, usage_details['total'] AS total_tokens,
+                   total_cost::DECIMAL(38, 12) AS cost_usd, environment, user_id, session_id, prompt_name,
+                   prompt_version::INTEGER AS prompt_version, tags, metadata
+            FROM {source}""", {"files": files})
+        rows = conn.execute("SELECT count(*) FROM staged").fetchone()[0]
+    print(json.dumps({"total": time.perf_counter() - started, "rows": rows}))
+
+
 def child_loop(export: str) -> None:
     sys.path.insert(0, str(BENCH))
     from per_row_loop import run
@@ -175,8 +206,9 @@ def print_file_table(results: list[dict]) -> None:
     print()
     print("| generations | format | staging s | allocation s | Finout file s | pipeline total s | peak MB "
           "| per-row loop s | loop peak MB | DuckDB floor s | loop / pipeline | pipeline / floor "
-          "| floor, ISA-L inflate s | pipeline / that floor | re-run, same files s |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| floor, ISA-L inflate s | pipeline / that floor | read-and-write floor s | pipeline / read-and-write "
+          "| re-run, same files s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         p = r["pipeline"]
         loop = f"{r['loop']:.1f}" if r["loop"] else "n/a"
@@ -185,7 +217,8 @@ def print_file_table(results: list[dict]) -> None:
         isal = (f"{r['isal_floor']:.2f} | {p['total'] / r['isal_floor']:.2f}x" if r["isal_floor"] else "n/a | n/a")
         print(f"| {r['n']:,} | {r['format']} | {p['langfuse_generations']:.2f} | {p['allocated_costs']:.2f} "
               f"| {p['finout_upload']:.2f} | {p['total']:.2f} | {r['pipeline_mb']:.0f} | {loop} | {loop_mb} "
-              f"| {r['floor']:.2f} | {speedup} | {p['total'] / r['floor']:.2f}x | {isal} | {p['rerun']:.2f} |")
+              f"| {r['floor']:.2f} | {speedup} | {p['total'] / r['floor']:.2f}x | {isal} | {r['write_floor']:.2f} "
+              f"| {p['total'] / r['write_floor']:.2f}x | {p['rerun']:.2f} |")
 
 
 def bench_api(n: int, profile: bool) -> dict:
@@ -251,11 +284,13 @@ def main() -> int:
             extra = ["--profile"] if args.profile else []
             pipeline, pipeline_mb = in_child(__file__, "_pipeline", export, *extra)
             floor, _ = in_child(__file__, "_floor", export, fmt)
+            write_floor, _ = in_child(__file__, "_floor_write", export, fmt)
             isal_floor = in_child(__file__, "_floor", export, fmt, "isal")[0]["total"] if fmt == "jsonl" else None
             loop, loop_mb = (in_child(__file__, "_loop", export) if fmt == "jsonl" and not args.no_loop
                              else ({"total": None}, None))
             results.append({"n": n, "format": fmt, "pipeline": pipeline, "pipeline_mb": pipeline_mb,
-                            "floor": floor["total"], "isal_floor": isal_floor, "loop": loop["total"], "loop_mb": loop_mb})
+                            "floor": floor["total"], "isal_floor": isal_floor, "loop": loop["total"], "loop_mb": loop_mb,
+                            "write_floor": write_floor["total"]})
             print(f"pipeline {pipeline['total']:.1f} s", flush=True)
 
     if any(r["format"] in ("jsonl", "parquet") for r in results):
@@ -294,6 +329,8 @@ if __name__ == "__main__":
         child_pipeline(sys.argv[2], profile="--profile" in sys.argv)
     elif len(sys.argv) > 1 and sys.argv[1] == "_floor":
         child_floor(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "duckdb")
+    elif len(sys.argv) > 1 and sys.argv[1] == "_floor_write":
+        child_floor_write(sys.argv[2], sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "_loop":
         child_loop(sys.argv[2])
     else:

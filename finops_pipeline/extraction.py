@@ -45,6 +45,7 @@ class Extraction:
     # (conn, day) -> the extraction_complete result, once the rows are in scratch.observations
     completeness: Callable[[duckdb.DuckDBPyConnection, date], dg.AssetCheckResult]
     read_from: dict[str, str]  # project id (or key pair name when unknown) -> how it was read, e.g. "v2 API"
+    api_totals: list[tuple] | None = None  # from the API: each project's (host, pair, count, cost) the server gave
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,25 @@ def _joined_traces(context, conn: duckdb.DuckDBPyConnection, settings: FinopsSet
             "generations_without_trace": match.without_trace}
 
 
+def api_day_totals(langfuse: LangfuseApiResource, day: date) -> list[tuple] | None:
+    """Each configured project's count and cost of the day as its server's metrics give them (v2, else v1),
+    before anything is read; None when any server cannot say (the day is then read). Asked only of a day
+    staged before: a first run asks nothing more than its read does."""
+    start, end = day_bounds(day)
+    found = []
+    for pair in langfuse.key_pairs():
+        with langfuse.client(pair) as api:
+            try:
+                try:
+                    totals = api_v2.totals(api, start, end)
+                except EndpointMissing:
+                    totals = api_legacy.totals(api, start, end)
+            except LangfuseApiError:
+                return None
+        found.append(_totals_key(pair, totals))
+    return found
+
+
 @dataclass
 class ProjectRead:
     """What reading one project's day from the API did."""
@@ -195,9 +215,14 @@ def extract_from_api(context, conn: duckdb.DuckDBPyConnection, langfuse: Langfus
     if any(r.path == "legacy" for r in reads):
         metadata.update(_joined_traces(context, conn, settings, day))
     checked = [ProjectTotals(r.pair.name, r.project_id, r.totals, r.unavailable) for r in reads]
+    totals = [_totals_key(r.pair, r.totals) for r in reads] if all(r.totals for r in reads) else None
     return Extraction([], metadata, lambda conn, day: api_completeness(conn, day, checked,
                                                                        settings.completeness_tolerance_pct),
-                      {r.project_id or r.pair.name: f"{r.path} API" for r in reads})
+                      {r.project_id or r.pair.name: f"{r.path} API" for r in reads}, totals)
+
+
+def _totals_key(pair: KeyPair, totals: ServerTotals) -> tuple:
+    return pair.host.rstrip("/"), pair.name, totals.observations, str(totals.total_cost)
 
 
 def _read_project(context, conn: duckdb.DuckDBPyConnection, api: LangfuseApi, pair: KeyPair, project_id: str | None,

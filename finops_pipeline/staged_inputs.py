@@ -32,11 +32,22 @@ class Staged:
 
 
 def export_fingerprint(files: list[ExportFile], settings: FinopsSettings) -> str:
-    """A digest of the day's export files and of everything else that decides the staged rows: the
-    allocation vocabulary, the provider map, the projects read, the price table's and this package's versions."""
+    """The day's export files: names, windows, manifests' row counts, sizes and times."""
+    return fingerprint(sorted([f.path, f.format, str(f.window_start), str(f.window_end), f.row_count, f.absent,
+                               f.stamp] for f in files), settings)
+
+
+def api_fingerprint(totals: list[tuple], settings: FinopsSettings) -> str:
+    """The day from the API: each project's (host, key pair name, observations, cost) as its metrics count
+    them. A metadata edit in Langfuse that changes neither is not noticed: such a day is re-read by hand."""
+    return fingerprint(sorted(totals), settings)
+
+
+def fingerprint(sources: list, settings: FinopsSettings) -> str:
+    """A digest of `sources` and of everything else that decides the staged rows: the allocation
+    vocabulary, the provider map, the projects read, the price table's and this package's versions."""
     inputs = {
-        "files": sorted([f.path, f.format, str(f.window_start), str(f.window_end), f.row_count, f.absent, f.stamp]
-                        for f in files),
+        "sources": sources,
         "allocation_keys": settings.allocation_keys, "metadata_aliases": sorted(settings.metadata_aliases.items()),
         "provider_map": sorted(settings.provider_map.items()), "projects": sorted(settings.langfuse_projects),
         "versions": [version("finops_pipeline"), version("genai-prices"), SCHEMA_VERSION],
@@ -51,6 +62,11 @@ def unchanged_since(conn: duckdb.DuckDBPyConnection, day: date, fingerprint: str
           ON m.asset = 'langfuse_generations' AND m.day = s.day
         WHERE s.day = ? AND s.fingerprint = ?""", [day, fingerprint]).fetchone()
     return Staged(row[0], json.loads(row[1])) if row else None
+
+
+def was_staged(conn: duckdb.DuckDBPyConnection, day: date) -> bool:
+    """Whether the day has a recorded staging at all (else there is nothing to compare with)."""
+    return conn.execute("SELECT count(*) FROM staged_inputs WHERE day = ?", [day]).fetchone()[0] > 0
 
 
 def record(conn: duckdb.DuckDBPyConnection, day: date, fingerprint: str, completeness: dg.AssetCheckResult) -> None:

@@ -14,6 +14,8 @@ from finops_pipeline_tests.conftest import (
 )
 from finops_pipeline_tests.test_object_storage import upload
 from finops_pipeline.demo.sample_data import write_export_file
+from finops_pipeline_tests.langfuse_double import LangfuseDouble, api_row
+from finops_pipeline_tests.test_langfuse_api import langfuse_for
 
 STAGE = ["langfuse_generations"]
 COLUMNS = "observation_id, cost_usd, allocation"
@@ -134,3 +136,27 @@ def test_without_retention_every_staged_day_stays(settings):
 def test_retention_shorter_than_the_anomalies_history_is_refused(settings):
     with pytest.raises(ValueError, match="greater than or equal to 35"):
         replace_settings(settings, staged_retention_days=10)
+
+
+def test_from_the_api_the_same_totals_are_not_read_again_and_late_rows_are(settings):
+    """The metrics API's count and cost of the day, asked before anything is read, stand for the day's inputs."""
+    late = api_row("late", f"{DAY}T12:00:00.000Z", cost=0.5)
+    rows = [api_row(f"g{i}", f"{DAY}T{i:02d}:30:00.000Z", cost=0.01) for i in range(20)] + [late]
+    with LangfuseDouble(rows) as double:
+        double.hidden_ids.add("late")
+        double.metrics_hidden.add("late")  # not there yet: neither served nor counted
+        langfuse = langfuse_for(double)
+        first = materialize_day(settings, selection=STAGE, langfuse=langfuse)
+        assert materialization_metadata(first, "langfuse_generations")["inputs_unchanged"] is False
+        double.requests.clear()
+        again = materialize_day(settings, selection=STAGE, langfuse=langfuse)
+        meta = materialization_metadata(again, "langfuse_generations")
+        assert meta["inputs_unchanged"] is True and meta["dagster/row_count"] == 20
+        assert {path for path, _ in double.requests} == {"/api/public/v2/metrics"}  # no observation page
+        assert check_evaluation(again, "extraction_complete").description.startswith("Inputs unchanged since ")
+        double.hidden_ids.clear()
+        double.metrics_hidden.clear()  # the late row arrives: the totals change, the day is read again
+        arrived = materialize_day(settings, selection=STAGE, langfuse=langfuse)
+        assert materialization_metadata(arrived, "langfuse_generations")["inputs_unchanged"] is False
+        assert query(settings, "SELECT count(*) FROM langfuse_generations") == [(21,)]
+        assert not double.contract_errors

@@ -12,14 +12,16 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.completeness import COMPLETENESS_CHECK
-from finops_pipeline.extraction import extract_from_api, extract_from_export, plan_export
+from finops_pipeline.extraction import api_day_totals, extract_from_api, extract_from_export, plan_export
 from finops_pipeline.generations import UNALLOCATED, generations_sql, prepare_day
 from finops_pipeline.money import usd
 from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
 from finops_pipeline.resources import LangfuseApiResource
 from finops_pipeline.retention import retire_staged_days, unretire
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.staged_inputs import Staged, completeness_then, export_fingerprint, record, unchanged_since
+from finops_pipeline.staged_inputs import (
+    Staged, api_fingerprint, completeness_then, export_fingerprint, record, unchanged_since, was_staged,
+)
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
 
 ASSET = "langfuse_generations"
@@ -60,19 +62,20 @@ def langfuse_generations(
 ) -> dg.MaterializeResult:
     day = partition_day(context)
     with connect(duckdb) as conn:
-        fingerprint = None
         if langfuse.configured:
-            extraction = extract_from_api(context, conn, langfuse, settings, day)
+            totals = api_day_totals(langfuse, day) if was_staged(conn, day) else None
+            fingerprint, source = (api_fingerprint(totals, settings) if totals else None), "the Langfuse API's totals"
         else:
             plan = plan_export(context, settings, day)
-            fingerprint = export_fingerprint(plan.files, settings)
-            staged = unchanged_since(conn, day, fingerprint)
-            if staged is not None:  # the same files as when the day was staged: nothing to read again
-                context.log.info(f"{day}: the export's files are as they were when the day was staged "
-                                 f"({staged.staged_at:%Y-%m-%d %H:%M} UTC): not read again.")
-                result = _as_staged(conn, day, settings, staged)
-                return result._replace(metadata={**result.metadata, **_retention(context, conn, settings)})
-            extraction = extract_from_export(context, conn, settings, day, plan)
+            fingerprint, source = export_fingerprint(plan.files, settings), "the export's files"
+        staged = unchanged_since(conn, day, fingerprint) if fingerprint else None
+        if staged is not None:  # the same inputs as when the day was staged: nothing to read again
+            context.log.info(f"{day}: {source} are as they were when the day was staged "
+                             f"({staged.staged_at:%Y-%m-%d %H:%M} UTC): not read again.")
+            result = _as_staged(conn, day, settings, staged)
+            return result._replace(metadata={**result.metadata, **_retention(context, conn, settings)})
+        extraction = (extract_from_api(context, conn, langfuse, settings, day) if langfuse.configured
+                      else extract_from_export(context, conn, settings, day, plan))
         prepare_day(conn, day, settings.provider_map)
         if extraction.rejected:
             conn.executemany(
@@ -89,6 +92,8 @@ def langfuse_generations(
         quarantine_sample = conn.execute(
             "SELECT file, line, reason FROM day_quarantine ORDER BY file, line LIMIT 10").df()
         complete = extraction.completeness(conn, day)
+        if langfuse.configured:  # what the server counted, as the read found it (proven equal when complete)
+            fingerprint = api_fingerprint(extraction.api_totals, settings) if extraction.api_totals else None
         if fingerprint:
             record(conn, day, fingerprint, complete)
         retired = _retention(context, conn, settings)
@@ -146,7 +151,7 @@ def _as_staged(conn, day, settings: FinopsSettings, staged: Staged) -> dg.Materi
         "dagster/row_count": rows, "total_cost_usd": stats["total_cost"], "langfuse_priced_cost_usd": stats["cost_langfuse"],
         "price_table_cost_usd": stats["cost_price_table"], "partially_priced_generations": stats["partially_priced"],
         "unpriced_generations": stats["unpriced"], "unallocated_cost_usd": stats["unallocated_cost"],
-        "quarantined_rows": quarantined, "source": f"blob export {settings.langfuse_export_dir}", "files_read": 0,
+        "quarantined_rows": quarantined, "files_read": 0, "api_requests_for_rows": 0,
         "inputs_unchanged": True, "inputs_unchanged_since": staged.staged_at.isoformat(),
     }
     checks = [unallocated_check(stats, settings), unpriced_check(stats, settings),
