@@ -41,7 +41,9 @@ UNPRICED_CHECK = "unpriced_generations"
         "observation that carries cost or usage, deduped by project and id, priced from the price table where "
         "Langfuse had no price, with the allocation keys resolved. Malformed rows go to the `quarantine` table "
         "with where they came from and why. Never prompt or completion text. A day the export's windows do not "
-        "cover fails. Metadata says which path was read (`api_path`, `export_layout`)."
+        "cover fails. Metadata says which path was read (`api_path`, `export_layout`). A re-run that finds the day's "
+        "inputs as they were staged (the export's files, or the API's count and cost) takes the day as staged "
+        "(`inputs_unchanged`); FINOPS_STAGED_RETENTION_DAYS drops old days' rows once they are allocated."
     ),
     partitions_def=daily_partitions,
     pool=WAREHOUSE_POOL,
