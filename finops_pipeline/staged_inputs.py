@@ -9,11 +9,13 @@ passed), with that check's result, so that a skipped run can say what it proved 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from importlib.metadata import version
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -43,6 +45,16 @@ def api_fingerprint(totals: list[tuple], settings: FinopsSettings) -> str:
     return fingerprint(sorted(totals), settings)
 
 
+@functools.cache
+def staging_code() -> str:
+    """A digest of the code that turns inputs into staged rows (the sources, validation, pricing, allocation):
+    a fix to it re-stages days on their next run, though the package's version number did not move."""
+    package = Path(__file__).parent
+    files = sorted([*package.joinpath("sources").glob("*.py"), package / "generations.py", package / "pricing.py",
+                    package / "extraction.py"])
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+
+
 def fingerprint(sources: list, settings: FinopsSettings) -> str:
     """A digest of `sources` and of everything else that decides the staged rows: the allocation
     vocabulary, the provider map, the projects read, the price table's and this package's versions."""
@@ -50,7 +62,7 @@ def fingerprint(sources: list, settings: FinopsSettings) -> str:
         "sources": sources,
         "allocation_keys": settings.allocation_keys, "metadata_aliases": sorted(settings.metadata_aliases.items()),
         "provider_map": sorted(settings.provider_map.items()), "projects": sorted(settings.langfuse_projects),
-        "versions": [version("finops_pipeline"), version("genai-prices"), SCHEMA_VERSION],
+        "versions": [version("finops_pipeline"), version("genai-prices"), SCHEMA_VERSION, staging_code()],
     }
     return hashlib.sha256(json.dumps(inputs, default=str).encode()).hexdigest()
 

@@ -13,6 +13,7 @@ from finops_pipeline_tests.conftest import (
     query, replace_settings,
 )
 from finops_pipeline_tests.test_object_storage import upload
+from finops_pipeline import staged_inputs
 from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline_tests.langfuse_double import LangfuseDouble, api_row
 from finops_pipeline_tests.test_langfuse_api import langfuse_for
@@ -72,6 +73,15 @@ def test_a_changed_or_new_file_or_setting_re_stages_the_day_whole(settings):
     result = materialize_day(renamed, selection=STAGE)
     assert materialization_metadata(result, "langfuse_generations")["inputs_unchanged"] is False
     assert query(settings, "SELECT DISTINCT allocation['product'] FROM langfuse_generations") == [("unallocated",)]
+
+
+def test_a_change_to_the_staging_code_re_stages_the_day(settings, monkeypatch):
+    """A fix to pricing or validation pulled into the same package version still reaches the staged days."""
+    _day(settings)
+    assert materialize_day(settings, selection=STAGE).success
+    monkeypatch.setattr(staged_inputs, "staging_code", lambda: "the code after a fix")
+    result = materialize_day(settings, selection=STAGE)
+    assert materialization_metadata(result, "langfuse_generations")["inputs_unchanged"] is False
 
 
 def test_a_day_not_proven_whole_is_read_again(settings):
