@@ -146,7 +146,11 @@ def explain(conn: duckdb.DuckDBPyConnection, found: pd.DataFrame, day: date,
 
 def _new_prompt(conn, where: str, params: dict) -> str | None:
     """A prompt version first seen on the day (in the 28 days before it: none) whose cost is at least half the
-    day's rise, with its cost per call against the version of that prompt most used before."""
+    day's rise, with its cost per call against the version of that prompt most used before. None when some of
+    those 28 days' calls were dropped by retention: "first seen" could not be known."""
+    if conn.execute("SELECT count(*) FROM retired_days WHERE day BETWEEN $day - 28 AND $day",
+                    {"day": params["day"]}).fetchone()[0]:
+        return None
     rows = conn.execute(f"""
         WITH calls AS (
             SELECT day, prompt_name, prompt_version, count(*) AS n, sum(cost_usd)::DOUBLE AS cost

@@ -21,16 +21,17 @@ class RetiredDay(ValueError):
     """The day's staged generations were dropped by retention: stage it again before reading it."""
 
 
-def retire_staged_days(conn: duckdb.DuckDBPyConnection, today: date, keep_days: int) -> list[date]:
+def retire_staged_days(conn: duckdb.DuckDBPyConnection, today: date, keep_days: int, running: date) -> list[date]:
     """Drop the staged generations of the days before `today - keep_days` whose readers are up to date with
-    them, in one transaction; returns those days."""
+    them, in one transaction; returns those days. Never `running`, the day whose run is staging it: its
+    readers come next in the same run."""
     cutoff = today - timedelta(days=keep_days)
     days = [d for (d,) in conn.execute(f"""
         SELECT s.day FROM materialized_days s
-        WHERE s.asset = 'langfuse_generations' AND s.day < ?
+        WHERE s.asset = 'langfuse_generations' AND s.day < ? AND s.day <> ?
           AND (SELECT count(*) FROM materialized_days r WHERE r.day = s.day AND r.asset IN {READERS}
                AND r.written_at >= s.written_at) = {len(READERS)}
-        ORDER BY s.day""", [cutoff]).fetchall()]
+        ORDER BY s.day""", [cutoff, running]).fetchall()]
     if days:
         conn.execute("BEGIN TRANSACTION")
         try:

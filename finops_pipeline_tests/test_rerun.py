@@ -6,6 +6,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from finops_pipeline_tests.conftest import (
@@ -14,6 +15,8 @@ from finops_pipeline_tests.conftest import (
 )
 from finops_pipeline_tests.test_object_storage import upload
 from finops_pipeline import staged_inputs
+from finops_pipeline.assets.monthly_report import build_monthly_report
+from finops_pipeline.definitions import build_resources
 from finops_pipeline.demo.sample_data import write_export_file
 from finops_pipeline_tests.langfuse_double import LangfuseDouble, api_row
 from finops_pipeline_tests.test_langfuse_api import langfuse_for
@@ -114,7 +117,8 @@ READ = ["langfuse_generations", "allocated_costs", "unit_economics"]
 def test_retention_drops_old_staged_days_once_read_and_keeps_what_was_derived(settings):
     keep = replace_settings(settings, staged_retention_days=35)
     for day in OCT:
-        cover_day(keep, {9: [generation(f"{day}-a", f"{day} 09:00:00", cost=0.5)]}, day=day)
+        cover_day(keep, {9: [generation(f"{day}-a", f"{day} 09:00:00", cost=0.5),
+                             generation(f"{day}-ft", f"{day} 09:05:00", model="acme-llama-ft", cost=None)]}, day=day)
         result = materialize_day(keep, day, selection=READ)
         assert result.success
     # each run retires the old days whose readers are up to date: all but the last one run
@@ -123,6 +127,16 @@ def test_retention_drops_old_staged_days_once_read_and_keeps_what_was_derived(se
     assert query(keep, "SELECT day, sum(cost_usd)::DOUBLE FROM allocated_costs GROUP BY 1 ORDER BY 1") == [
         (d, 0.5) for d in OCT]
     assert query(keep, "SELECT count(DISTINCT day) FROM unit_economics") == [(3,)]
+    # the last day run again with its inputs unchanged: its own run never retires it under its readers
+    rerun = materialize_day(keep, OCT[2], selection=READ)
+    assert rerun.success and materialization_metadata(rerun, "langfuse_generations")["inputs_unchanged"] is True
+    # the month's report still counts the retired days' unpriced calls (from allocated_costs), saying so
+    report = dg.materialize([build_monthly_report("langfuse")], partition_key="2026-10-01",
+                            resources=build_resources(keep))
+    html = " ".join((Path(keep.home) / "reports" / "llm-costs-2026-10.html").read_text().split())
+    assert report.success and "acme-llama-ft: 1 with no price (1" in html
+    assert "acme-llama-ft: 2 with no price (on days whose calls retention dropped: tokens not kept)" in html
+    assert "2 days of the month had their generation-level rows dropped" in html
     # a reader of a retired day fails saying so, rather than writing the day from no rows
     failed = materialize_day(keep, OCT[0], selection=["allocated_costs"])
     [failure] = failed.get_step_failure_events()
@@ -132,7 +146,7 @@ def test_retention_drops_old_staged_days_once_read_and_keeps_what_was_derived(se
     # the day run again reads its inputs again (they are not "unchanged": its rows are gone)
     again = materialize_day(keep, OCT[0], selection=READ)
     assert again.success and materialization_metadata(again, "langfuse_generations")["inputs_unchanged"] is False
-    assert query(keep, "SELECT count(*) FROM langfuse_generations WHERE day = ?", [OCT[0]]) == [(1,)]
+    assert query(keep, "SELECT count(*) FROM langfuse_generations WHERE day = ?", [OCT[0]]) == [(2,)]
 
 
 def test_without_retention_every_staged_day_stays(settings):

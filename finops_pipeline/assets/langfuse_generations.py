@@ -75,7 +75,7 @@ def langfuse_generations(
             context.log.info(f"{day}: {source} are as they were when the day was staged "
                              f"({staged.staged_at:%Y-%m-%d %H:%M} UTC): not read again.")
             result = _as_staged(conn, day, settings, staged)
-            return result._replace(metadata={**result.metadata, **_retention(context, conn, settings)})
+            return result._replace(metadata={**result.metadata, **_retention(context, conn, settings, day)})
         extraction = (extract_from_api(context, conn, langfuse, settings, day) if langfuse.configured
                       else extract_from_export(context, conn, settings, day, plan))
         prepare_day(conn, day, settings.provider_map)
@@ -89,6 +89,8 @@ def langfuse_generations(
             conn.execute("DELETE FROM quarantine WHERE source = 'langfuse_generations' AND day = ?", [day])
             conn.execute("INSERT INTO quarantine SELECT * FROM day_quarantine")
             unretire(conn, day)
+            # the inputs these rows came from are recorded once proven whole; until then, none (read again)
+            conn.execute("DELETE FROM staged_inputs WHERE day = ?", [day])
         stats = generation_stats(conn, day, settings.allocation_keys)
         quarantined = conn.execute("SELECT count(*) FROM day_quarantine").fetchone()[0]
         quarantine_sample = conn.execute(
@@ -98,7 +100,7 @@ def langfuse_generations(
             fingerprint = api_fingerprint(extraction.api_totals, settings) if extraction.api_totals else None
         if fingerprint:
             record(conn, day, fingerprint, complete)
-        retired = _retention(context, conn, settings)
+        retired = _retention(context, conn, settings, day)
         by_project = conn.execute(
             "SELECT project_id, count(*), sum(cost_usd) FROM langfuse_generations WHERE day = ? GROUP BY ALL",
             [day]).fetchall() if len(extraction.read_from) > 1 else []
@@ -131,11 +133,11 @@ def langfuse_generations(
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
-def _retention(context, conn, settings: FinopsSettings) -> dict:
+def _retention(context, conn, settings: FinopsSettings, day) -> dict:
     """Drop the staged generations of the days past FINOPS_STAGED_RETENTION_DAYS (retention.py); say how many."""
     if settings.staged_retention_days is None:
         return {}
-    days = retire_staged_days(conn, datetime.now(timezone.utc).date(), settings.staged_retention_days)
+    days = retire_staged_days(conn, datetime.now(timezone.utc).date(), settings.staged_retention_days, day)
     if days:
         context.log.info(f"Retention: dropped the staged generations of {len(days)} days ({days[0]} .. {days[-1]}); "
                          "their allocated and delivered rows stay.")

@@ -185,10 +185,15 @@ def month_figures(conn: duckdb.DuckDBPyConnection, month: date, settings: Finops
         unpriced=_records(conn, """
             SELECT model, cost_source, count(*) AS generations, sum(total_tokens) AS tokens,
                    array_to_string(list_sort(list_distinct(flatten(list(coalesce(map_keys(unpriced_usage), []))))),
-                                   ', ') AS unpriced_units
+                                   ', ') AS unpriced_units, false AS retired
             FROM langfuse_generations
             WHERE day BETWEEN $first AND $through AND cost_source IN ('unpriced', 'partially_priced')
-            GROUP BY ALL ORDER BY generations DESC, model""", params),
+            GROUP BY ALL
+            UNION ALL  -- days whose staged calls retention dropped: their unpriced calls as allocated_costs kept them
+            SELECT model, 'unpriced', sum(unpriced_calls), NULL, NULL, true FROM allocated_costs
+            WHERE day BETWEEN $first AND $through AND day IN (SELECT day FROM retired_days) GROUP BY ALL
+            HAVING sum(unpriced_calls) > 0
+            ORDER BY generations DESC, model""", params),
         unallocated=_records(conn, f"""
             SELECT k AS allocation_key, coalesce(sum(cost_usd) FILTER (WHERE allocation[k] = '{UNALLOCATED}'), 0)
                    AS cost_usd, 100 * coalesce(sum(cost_usd) FILTER (WHERE allocation[k] = '{UNALLOCATED}'), 0)::DOUBLE
@@ -306,6 +311,7 @@ def _provenance(conn, params: dict, settings: FinopsSettings, basis: str, now: d
         FROM langfuse_generations WHERE day BETWEEN $first AND $through GROUP BY ALL ORDER BY 3 DESC LIMIT 5""", p).fetchall()
     bills = _run(conn, """SELECT provider, count(DISTINCT source), count(DISTINCT day) FROM provider_costs
                             WHERE day BETWEEN $first AND $through GROUP BY ALL ORDER BY provider""", p).fetchall()
+    [(retired,)] = _run(conn, "SELECT count(*) FROM retired_days WHERE day BETWEEN $first AND $through", p).fetchall()
     written = _run(conn, """SELECT min(written_at), max(written_at) FROM materialized_days
                               WHERE asset = 'allocated_costs' AND day BETWEEN $first AND $through""", p).fetchone()
     rows = [("Cost basis", {"langfuse": "langfuse: the traced cost Langfuse priced (FINOPS_COST_BASIS)",
@@ -314,6 +320,10 @@ def _provenance(conn, params: dict, settings: FinopsSettings, basis: str, now: d
                                       f"({projects} project{'s' if projects != 1 else ''})")
              for place, files, generations, projects in sources]
     rows += [(f"{provider} bill", f"{days} days from {count:,} files or API pages") for provider, count, days in bills]
+    if retired:
+        rows.append(("Retention", f"{retired} days of the month had their generation-level rows dropped "
+                                  "(FINOPS_STAGED_RETENTION_DAYS): the generation and file counts above leave them "
+                                  "out; their unpriced calls are counted from allocated_costs; their totals are whole"))
     if written[0]:
         rows.append(("Days allocated", f"between {written[0]:%Y-%m-%d %H:%M} and {written[1]:%Y-%m-%d %H:%M} UTC"))
     revenue = (str(settings.revenue_path) + duplicate_note(settings.revenue_path, duplicate_revenue_lines(conn))
