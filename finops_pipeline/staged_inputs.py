@@ -82,13 +82,13 @@ def was_staged(conn: duckdb.DuckDBPyConnection, day: date) -> bool:
 
 
 def record(conn: duckdb.DuckDBPyConnection, day: date, fingerprint: str, completeness: dg.AssetCheckResult) -> None:
-    """Remember the day's inputs and what proved them whole; a day not proven whole is forgotten (read again)."""
-    conn.execute("DELETE FROM staged_inputs WHERE day = ?", [day])
+    """Remember the day's inputs and what proved them whole (the staging transaction forgot the old ones); a day
+    not proven whole stays forgotten (read again)."""
     if completeness.passed:
         result = {"severity": completeness.severity.value, "description": completeness.description,
                   "metadata": {k: getattr(v, "value", v) for k, v in completeness.metadata.items()
                                if isinstance(getattr(v, "value", v), (int, float, str, bool))}}
-        conn.execute("INSERT INTO staged_inputs VALUES (?, ?, now(), ?)", [day, fingerprint, json.dumps(result)])
+        conn.execute("INSERT OR REPLACE INTO staged_inputs VALUES (?, ?, now(), ?)", [day, fingerprint, json.dumps(result)])
 
 
 def completeness_then(check_name: str, staged: Staged) -> dg.AssetCheckResult:

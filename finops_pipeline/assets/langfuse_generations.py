@@ -74,8 +74,7 @@ def langfuse_generations(
         if staged is not None:  # the same inputs as when the day was staged: nothing to read again
             context.log.info(f"{day}: {source} are as they were when the day was staged "
                              f"({staged.staged_at:%Y-%m-%d %H:%M} UTC): not read again.")
-            result = _as_staged(conn, day, settings, staged)
-            return result._replace(metadata={**result.metadata, **_retention(context, conn, settings, day)})
+            return _as_staged(conn, day, settings, staged, _retention(context, conn, settings, day))
         extraction = (extract_from_api(context, conn, langfuse, settings, day) if langfuse.configured
                       else extract_from_export(context, conn, settings, day, plan))
         prepare_day(conn, day, settings.provider_map)
@@ -107,19 +106,7 @@ def langfuse_generations(
 
     for r in extraction.rejected:
         context.log.warning(f"Quarantined {r.file}{f' line {r.line}' if r.line else ''}: {r.reason}")
-    metadata = {
-        "dagster/row_count": rows,
-        "total_cost_usd": stats["total_cost"],
-        "langfuse_priced_cost_usd": stats["cost_langfuse"],
-        "price_table_cost_usd": stats["cost_price_table"],
-        "partially_priced_generations": stats["partially_priced"],
-        "unpriced_generations": stats["unpriced"],
-        "unallocated_cost_usd": stats["unallocated_cost"],
-        "quarantined_rows": quarantined,
-        **extraction.metadata,
-        "inputs_unchanged": False,
-        **retired,
-    }
+    metadata = {**_day_metadata(stats, rows, quarantined), **extraction.metadata, "inputs_unchanged": False, **retired}
     if by_project:  # several projects: what each contributed, and how it was read
         staged = {project: (n, cost) for project, n, cost in by_project}
         metadata["by_project"] = dg.MetadataValue.md(pd.DataFrame(
@@ -144,20 +131,29 @@ def _retention(context, conn, settings: FinopsSettings, day) -> dict:
     return {"staged_days_retired": len(days)}
 
 
-def _as_staged(conn, day, settings: FinopsSettings, staged: Staged) -> dg.MaterializeResult:
+def _day_metadata(stats: dict, rows: int, quarantined: int) -> dict:
+    """The staged day's figures, as the UI plots them (read or taken as staged alike)."""
+    return {
+        "dagster/row_count": rows,
+        "total_cost_usd": stats["total_cost"],
+        "langfuse_priced_cost_usd": stats["cost_langfuse"],
+        "price_table_cost_usd": stats["cost_price_table"],
+        "partially_priced_generations": stats["partially_priced"],
+        "unpriced_generations": stats["unpriced"],
+        "unallocated_cost_usd": stats["unallocated_cost"],
+        "quarantined_rows": quarantined,
+    }
+
+
+def _as_staged(conn, day, settings: FinopsSettings, staged: Staged, retired: dict) -> dg.MaterializeResult:
     """The day as staged from the same inputs: its figures and checks from the warehouse, its completeness as
     proven then."""
     stats = generation_stats(conn, day, settings.allocation_keys)
     [(rows, quarantined)] = conn.execute(
         "SELECT (SELECT count(*) FROM langfuse_generations WHERE day = $day), "
         "(SELECT count(*) FROM quarantine WHERE source = 'langfuse_generations' AND day = $day)", {"day": day}).fetchall()
-    metadata = {
-        "dagster/row_count": rows, "total_cost_usd": stats["total_cost"], "langfuse_priced_cost_usd": stats["cost_langfuse"],
-        "price_table_cost_usd": stats["cost_price_table"], "partially_priced_generations": stats["partially_priced"],
-        "unpriced_generations": stats["unpriced"], "unallocated_cost_usd": stats["unallocated_cost"],
-        "quarantined_rows": quarantined, "files_read": 0, "api_requests_for_rows": 0,
-        "inputs_unchanged": True, "inputs_unchanged_since": staged.staged_at.isoformat(),
-    }
+    metadata = {**_day_metadata(stats, rows, quarantined), "files_read": 0, "api_requests_for_rows": 0,
+                "inputs_unchanged": True, "inputs_unchanged_since": staged.staged_at.isoformat(), **retired}
     checks = [unallocated_check(stats, settings), unpriced_check(stats, settings),
               completeness_then(COMPLETENESS_CHECK, staged)]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)

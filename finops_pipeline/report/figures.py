@@ -304,16 +304,15 @@ def _unit_costs(conn, first: date, through: date) -> list[dict]:
 
 def _provenance(conn, params: dict, settings: FinopsSettings, basis: str, now: datetime) -> list[tuple[str, str]]:
     """Where the month's figures come from: sources, files and requests, when they were written, versions."""
-    p = params
     sources = _run(conn, """
         SELECT regexp_replace(source_file, '/[^/]*$', '') AS place, count(DISTINCT source_file), count(*),
                count(DISTINCT project_id)
-        FROM langfuse_generations WHERE day BETWEEN $first AND $through GROUP BY ALL ORDER BY 3 DESC LIMIT 5""", p).fetchall()
+        FROM langfuse_generations WHERE day BETWEEN $first AND $through GROUP BY ALL ORDER BY 3 DESC LIMIT 5""", params).fetchall()
     bills = _run(conn, """SELECT provider, count(DISTINCT source), count(DISTINCT day) FROM provider_costs
-                            WHERE day BETWEEN $first AND $through GROUP BY ALL ORDER BY provider""", p).fetchall()
-    [(retired,)] = _run(conn, "SELECT count(*) FROM retired_days WHERE day BETWEEN $first AND $through", p).fetchall()
+                            WHERE day BETWEEN $first AND $through GROUP BY ALL ORDER BY provider""", params).fetchall()
+    [(retired,)] = _run(conn, "SELECT count(*) FROM retired_days WHERE day BETWEEN $first AND $through", params).fetchall()
     written = _run(conn, """SELECT min(written_at), max(written_at) FROM materialized_days
-                              WHERE asset = 'allocated_costs' AND day BETWEEN $first AND $through""", p).fetchone()
+                              WHERE asset = 'allocated_costs' AND day BETWEEN $first AND $through""", params).fetchone()
     rows = [("Cost basis", {"langfuse": "langfuse: the traced cost Langfuse priced (FINOPS_COST_BASIS)",
                             "invoice": "invoice: each provider's bill, split by the traces (FINOPS_COST_BASIS)"}[basis])]
     rows += [("Langfuse generations", f"{generations:,} from {files:,} files or requests in {place} "

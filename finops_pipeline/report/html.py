@@ -4,7 +4,7 @@ needed to read it), and its tables as markdown for the Dagster UI."""
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import jinja2
 import pandas as pd
@@ -17,11 +17,12 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("finops_pipeline.report", 
 
 
 def usd(value, places: int = 2) -> str:
-    """$1,234.57, -$12.00; "—" for unknown (None or NaN)."""
+    """$1,234.57, -$12.00; "—" for unknown (None or NaN). Rounded half up, as cents_that_add rounds a
+    column's total (a float's or a Decimal's own formatting would round a half cent to even)."""
     if value is None or value != value:
         return "—"
-    amount = f"${abs(value):,.{places}f}"
-    return f"-{amount}" if value < 0 and round(abs(value), places) else amount
+    amount = Decimal(str(abs(value))).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
+    return f"-${amount:,}" if value < 0 and amount else f"${amount:,}"
 
 
 def pct(value) -> str:
