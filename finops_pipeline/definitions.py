@@ -2,7 +2,6 @@
 in a location of its own: report_definitions.py)."""
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.assets.allocated_costs import allocated_costs
 from finops_pipeline.assets.budget_status import build_budget_status
@@ -18,14 +17,15 @@ from finops_pipeline.resources import CostApiResource, LangfuseApiResource
 from finops_pipeline.alerts import check_failure_alerts
 from finops_pipeline.schedules import daily_finops_job, daily_finops_schedule, delivered_by_deadline, finout_deadline_sensor
 from finops_pipeline.settings import FinopsSettings
+from finops_pipeline.warehouse import Warehouse
 
 
 def build_resources(settings: FinopsSettings, langfuse: LangfuseApiResource | None = None,
                     openai: CostApiResource | None = None, anthropic: CostApiResource | None = None) -> dict:
     """Without `langfuse` (keys), the day is read from the blob export; without an admin key in `openai`
     or `anthropic`, that provider's bill from its saved pages."""
-    duckdb = DuckDBResource(database=str(settings.duckdb_path),
-                            connection_config={"memory_limit": settings.duckdb_memory_limit})
+    duckdb = Warehouse(database=settings.warehouse or str(settings.duckdb_path), data_path=settings.warehouse_data_path,
+                       connection_config={"memory_limit": settings.duckdb_memory_limit})
     return {
         "settings": settings, "duckdb": duckdb, "langfuse": langfuse or LangfuseApiResource(),
         "openai_api": openai or CostApiResource.from_env("openai", {}),

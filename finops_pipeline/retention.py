@@ -13,7 +13,7 @@ from datetime import date, timedelta
 
 import duckdb
 
-from finops_pipeline.warehouse import transaction
+from finops_pipeline.warehouse import transactions
 
 READERS = ("allocated_costs", "unit_economics")  # the assets that read langfuse_generations
 MIN_DAYS = 35  # the anomalies' four weeks of same-weekday history, the prompt versions' 28 days, the lookback
@@ -35,12 +35,14 @@ def retire_staged_days(conn: duckdb.DuckDBPyConnection, today: date, keep_days: 
                AND r.written_at >= s.written_at) = {len(READERS)}
         ORDER BY s.day""", [cutoff, running]).fetchall()]
     if days:
-        with transaction(conn):
-            conn.execute("DELETE FROM langfuse_generations WHERE list_contains(?, day)", [days])
-            conn.execute("DELETE FROM staged_inputs WHERE list_contains(?, day)", [days])
-            conn.execute("DELETE FROM materialized_days WHERE asset = 'langfuse_generations' AND list_contains(?, day)",
-                         [days])
-            conn.execute("INSERT OR REPLACE INTO retired_days SELECT unnest(?::DATE[]), now()", [days])
+        for attempt in transactions(conn):
+            with attempt:
+                conn.execute("DELETE FROM langfuse_generations WHERE list_contains(?, day)", [days])
+                conn.execute("DELETE FROM staged_inputs WHERE list_contains(?, day)", [days])
+                conn.execute("DELETE FROM materialized_days WHERE asset = 'langfuse_generations' "
+                             "AND list_contains(?, day)", [days])
+                conn.execute("DELETE FROM retired_days WHERE list_contains(?, day)", [days])
+                conn.execute("INSERT INTO retired_days SELECT unnest(?::DATE[]), now()", [days])
     return days
 
 

@@ -36,6 +36,8 @@ ENV_VARS = {
     "unpriced_warn_count": "FINOPS_UNPRICED_WARN_COUNT",
     "completeness_tolerance_pct": "FINOPS_COMPLETENESS_TOLERANCE_PCT",
     "duckdb_memory_limit": "FINOPS_DUCKDB_MEMORY_LIMIT",
+    "warehouse": "FINOPS_WAREHOUSE",
+    "warehouse_data_path": "FINOPS_WAREHOUSE_DATA_PATH",
     "provider_map": "FINOPS_PROVIDER_MAP",
     "metadata_aliases": "FINOPS_METADATA_ALIASES",
     "settling_days": "FINOPS_SETTLING_DAYS",
@@ -170,6 +172,15 @@ class FinopsSettings(dg.ConfigurableResource):
         default="500MB", pattern=r"^(\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)|\d{1,2}%)$",
         description="DuckDB's memory limit (e.g. 500MB, 2GB, 80%): above it, DuckDB spills to disk. Raise it for speed.",
     )
+    warehouse: str = Field(
+        default="", pattern=r"^(ducklake:postgres:.+)?$",
+        description="Unset: the DuckDB file FINOPS_HOME/finops.duckdb (one writer at a time). `ducklake:postgres:<libpq "
+                    "connection string>`: a DuckLake lakehouse with its catalog in that Postgres database, which runs on "
+                    "many machines write at once (password from PGPASSWORD or ~/.pgpass, never in this string).")
+    warehouse_data_path: str = Field(
+        default="", pattern=r"^(s3://\S+|/\S*)?$",
+        description="Where the lakehouse keeps its Parquet files (s3://bucket/prefix/, or a shared directory), given "
+                    "when the catalog is new (DuckLake keeps it); AWS credentials and AWS_ENDPOINT_URL the standard way.")
 
     @field_validator("allocation_keys", mode="before")
     @classmethod
@@ -316,6 +327,7 @@ class FinopsSettings(dg.ConfigurableResource):
             values["hash_salt"] = dg.EnvVar("FINOPS_HASH_SALT")
         if env.get("FINOPS_ALERT_WEBHOOK_URL"):  # a Slack webhook URL is a credential
             values["alert_webhook_url"] = dg.EnvVar("FINOPS_ALERT_WEBHOOK_URL")
+        _check_warehouse(env.get("FINOPS_WAREHOUSE") or "")
         for field, var in ENV_VARS.items():
             raw = env.get(var)
             if not raw or field == "home":
@@ -331,3 +343,14 @@ class FinopsSettings(dg.ConfigurableResource):
             else:
                 values[field] = raw
         return cls(**values)
+
+
+def _check_warehouse(value: str) -> None:
+    """FINOPS_WAREHOUSE is shown in the UI's resource config, and pydantic's errors repeat a bad value whole: a
+    password in it is refused here, before either could show it (libpq takes it from PGPASSWORD or ~/.pgpass)."""
+    if re.search(r"(^|[\s:;])password\s*=|://[^/@\s]*:[^/@\s]*@", value, re.IGNORECASE):
+        raise ValueError("FINOPS_WAREHOUSE holds a password: give it in PGPASSWORD or ~/.pgpass instead "
+                         "(the setting shows in the Dagster UI)")
+    if value and not value.startswith("ducklake:postgres:"):
+        raise ValueError("FINOPS_WAREHOUSE must be `ducklake:postgres:<libpq connection string>` "
+                         "(e.g. ducklake:postgres:host=db.internal dbname=finops user=finops), or unset for the DuckDB file")

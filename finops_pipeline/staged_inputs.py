@@ -22,7 +22,7 @@ import duckdb
 
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.sources.export_listing import ExportFile
-from finops_pipeline.warehouse import SCHEMA_VERSION
+from finops_pipeline.warehouse import SCHEMA_VERSION, transactions
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,10 @@ def record(conn: duckdb.DuckDBPyConnection, day: date, fingerprint: str, complet
         result = {"severity": completeness.severity.value, "description": completeness.description,
                   "metadata": {k: getattr(v, "value", v) for k, v in completeness.metadata.items()
                                if isinstance(getattr(v, "value", v), (int, float, str, bool))}}
-        conn.execute("INSERT OR REPLACE INTO staged_inputs VALUES (?, ?, now(), ?)", [day, fingerprint, json.dumps(result)])
+        for attempt in transactions(conn):
+            with attempt:
+                conn.execute("DELETE FROM staged_inputs WHERE day = ?", [day])
+                conn.execute("INSERT INTO staged_inputs VALUES (?, ?, now(), ?)", [day, fingerprint, json.dumps(result)])
 
 
 def completeness_then(check_name: str, staged: Staged) -> dg.AssetCheckResult:

@@ -1,11 +1,22 @@
-"""The DuckDB warehouse: table definitions and the one way a partition is replaced.
+"""The warehouse: table definitions, how it is opened, and the one way a partition is replaced.
+
+Two kinds, the same tables and SQL:
+- a DuckDB file (the default, FINOPS_HOME/finops.duckdb): one writer process at a time, so every step that opens
+  it is in the Dagster pool `duckdb` (dagster.yaml: one step at a time);
+- a DuckLake lakehouse (FINOPS_WAREHOUSE=ducklake:postgres:...): Parquet files on object storage, the catalog in
+  Postgres, snapshot isolation across tables. Runs on many machines write their days at once; a commit that
+  conflicts with another (DuckLake refuses an insert into a table another transaction deleted from) is tried
+  again from the start of its transaction (`transactions`).
 
 Money is DECIMAL(38, 12): exact sums, no float drift at cent level however many rows a month holds.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -13,12 +24,18 @@ from pathlib import Path
 
 import duckdb
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 log = logging.getLogger(__name__)
 
 MONEY = "DECIMAL(38, 12)"
-# Dagster concurrency pool of every step that opens the warehouse: DuckDB allows one writer process.
-WAREHOUSE_POOL = "duckdb"
+LAKEHOUSE = "ducklake:"
+# Dagster concurrency pool of every step that opens the warehouse: a DuckDB file allows one writer process. A
+# lakehouse takes many: no pool. (Read when the code location loads, as the settings are.)
+WAREHOUSE_POOL = None if os.environ.get("FINOPS_WAREHOUSE", "").startswith(LAKEHOUSE) else "duckdb"
+# The lakehouse's tables written a day at a time in bulk: partitioned by day, a day's files are its own.
+PARTITIONED_BY_DAY = ("langfuse_generations", "allocated_costs", "unit_economics", "provider_costs")
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS langfuse_generations (
@@ -225,9 +242,30 @@ FILLED_IN_VERSION = {5: """INSERT OR IGNORE INTO materialized_days
                                                       ELSE 'other_provider_costs' END, day, now() FROM provider_costs"""}
 
 
+class Warehouse(DuckDBResource):
+    """The warehouse resource: `database` is the DuckDB file's path, or `ducklake:postgres:<libpq connection
+    string>` for the lakehouse, whose Parquet files go under `data_path` (s3://bucket/prefix/ or a directory)."""
+
+    data_path: str = Field(default="", description="The lakehouse's data path (FINOPS_WAREHOUSE_DATA_PATH); "
+                                                   "needed when its catalog is new, then kept by DuckLake.")
+
+    @property
+    def is_lakehouse(self) -> bool:
+        return self.database.startswith(LAKEHOUSE)
+
+
 @contextmanager
 def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to the warehouse file, created with its tables on first use. Times are UTC."""
+    """A connection to the warehouse, created with its tables on first use. Times are UTC."""
+    if isinstance(resource, Warehouse) and resource.is_lakehouse:
+        conn = _open_lakehouse(resource)
+        try:
+            conn.execute("SET TimeZone = 'UTC'")
+            _upgrade(conn)
+            yield conn
+        finally:
+            conn.close()
+        return
     Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
     with resource.get_connection() as conn:
         try:
@@ -236,6 +274,71 @@ def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
             yield conn
         finally:  # the resource closes it only when the block ends without an error
             conn.close()
+
+
+class LakehouseError(RuntimeError):
+    """The lakehouse could not be opened; the message names the setting to check, never a secret."""
+
+
+# The DuckDB extensions the lakehouse needs, from their PyPI wheels (DuckDB's own download server may be out of
+# reach): each wheel holds the extension built for the pinned DuckDB.
+_EXTENSIONS = ("duckdb_extension_ducklake", "duckdb_extension_postgres_scanner", "duckdb_extension_httpfs")
+
+
+def _open_lakehouse(resource: Warehouse) -> duckdb.DuckDBPyConnection:
+    conn = duckdb.connect(config={"custom_user_agent": "finops_pipeline", **resource.connection_config})
+    try:
+        for module in _EXTENSIONS:
+            folder = Path(importlib.import_module(module).__file__).parent / "extensions" / f"v{duckdb.__version__}"
+            [extension] = folder.glob("*.duckdb_extension")
+            conn.execute(f"LOAD '{extension}'")
+        if resource.data_path.startswith("s3://") or not resource.data_path:
+            _s3_secret(conn)
+        options = f"DATA_PATH '{_quoted(resource.data_path)}'" if resource.data_path else ""
+        # Several runs may open a new catalog at once: its first ATTACH creates DuckLake's tables in Postgres,
+        # and the runs that lose that race try again.
+        for attempt in Retrying(stop=stop_after_attempt(5), wait=wait_random_exponential(multiplier=0.5, max=5),
+                                retry=retry_if_exception(lambda e: isinstance(e, duckdb.Error)), reraise=True):
+            with attempt:
+                conn.execute(f"ATTACH IF NOT EXISTS '{_quoted(resource.database)}' AS warehouse ({options})"
+                             if options else f"ATTACH IF NOT EXISTS '{_quoted(resource.database)}' AS warehouse")
+        conn.execute("USE warehouse")
+        return conn
+    except duckdb.Error as exc:
+        conn.close()
+        # DuckDB's message may quote the statement: say what failed without it.
+        raise LakehouseError(f"could not open the lakehouse of FINOPS_WAREHOUSE (data path "
+                             f"{resource.data_path or 'as the catalog has it'}): {type(exc).__name__}: "
+                             f"{_without_secrets(str(exc))}") from None
+
+
+def _s3_secret(conn: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB's S3 credentials from the standard AWS chain (boto3: environment, profile, SSO, role), and
+    AWS_ENDPOINT_URL(_S3) for an S3-compatible store, as the S3 delivery takes them."""
+    import boto3
+
+    session = boto3.Session()
+    credentials = session.get_credentials()
+    if credentials is None:
+        return  # a public bucket, or a data path the catalog keeps elsewhere: DuckDB says so when it reads
+    frozen = credentials.get_frozen_credentials()
+    parts = {"KEY_ID": frozen.access_key, "SECRET": frozen.secret_key, "REGION": session.region_name or "us-east-1"}
+    if frozen.token:
+        parts["SESSION_TOKEN"] = frozen.token
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        parts.update(ENDPOINT=host.rstrip("/"), URL_STYLE="path", USE_SSL=str(scheme == "https").lower())
+    values = ", ".join(f"{k} {v}" if k == "USE_SSL" else f"{k} '{_quoted(v)}'" for k, v in parts.items())
+    conn.execute(f"CREATE OR REPLACE SECRET warehouse_s3 (TYPE s3, {values})")
+
+
+def _quoted(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def _without_secrets(message: str) -> str:
+    return re.sub(r"(?i)(password|secret|key_id|session_token)\s*[=:]?\s*'?[^\s',)]+", r"\1=***", message)
 
 
 def utc_cursor(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
@@ -247,10 +350,26 @@ def utc_cursor(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 
 
 def _upgrade(conn: duckdb.DuckDBPyConnection) -> None:
+    lakehouse = conn.execute("SELECT current_database() = 'warehouse'").fetchone()[0]
+    [(exists,)] = conn.execute("SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database() "
+                               "AND table_name = 'schema_version'").fetchall()
+    if exists and lakehouse and conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION:
+        return  # nothing to create: no write, so no commit to race the other runs with
+    for attempt in transactions(conn):  # runs creating a new lakehouse at once: the losers find its tables
+        with attempt:
+            _create_or_upgrade(conn, lakehouse)
+
+
+# A table's key clause, the comma before it (and the comment after that comma) kept apart.
+_WITHOUT_KEYS = re.compile(r",([ \t]*(?:--[^\n]*)?\n\s*)PRIMARY KEY \([^)]*\)")
+
+
+def _create_or_upgrade(conn: duckdb.DuckDBPyConnection, lakehouse: bool) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     [(version, has_tables)] = conn.execute("""
         SELECT (SELECT max(version) FROM schema_version),
-               (SELECT count(*) > 0 FROM duckdb_tables() WHERE table_name = 'langfuse_generations')""").fetchall()
+               (SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database()
+                                                          AND table_name = 'langfuse_generations')""").fetchall()
     if version is None:
         version = 1 if has_tables else SCHEMA_VERSION  # files from before versioning are version 1
     for step in range(version + 1, SCHEMA_VERSION + 1):
@@ -258,7 +377,13 @@ def _upgrade(conn: duckdb.DuckDBPyConnection) -> None:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
             log.warning(f"warehouse upgraded to version {step}: table {table} was recreated empty; "
                         "re-materialise its days (a backfill) to refill it")
-    conn.execute(SCHEMA)
+    if lakehouse:  # DuckLake has no keys: every write here replaces by DELETE then INSERT, keyed or not
+        conn.execute(_WITHOUT_KEYS.sub(r"\1", SCHEMA).replace(" PRIMARY KEY", ""))
+        if not has_tables:
+            for table in PARTITIONED_BY_DAY:
+                conn.execute(f"ALTER TABLE {table} SET PARTITIONED BY (day)")
+    else:
+        conn.execute(SCHEMA)
     for step in range(version + 1, SCHEMA_VERSION + 1):
         for table, column, kind in ADDED_IN_VERSION.get(step, ()):
             conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
@@ -277,10 +402,40 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
     conn.execute("BEGIN TRANSACTION")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        try:
+            conn.execute("ROLLBACK")
+        except duckdb.TransactionException:
+            pass  # a failed COMMIT has already rolled back
         raise
-    conn.execute("COMMIT")
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A lakehouse commit refused because another transaction changed what this one did (DuckLake's "Transaction
+    conflict"): trying again on the new snapshot succeeds. Never raised by a DuckDB file (one writer)."""
+    return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
+
+
+def transactions(conn: duckdb.DuckDBPyConnection, attempts: int = 12) -> Iterator:
+    """Attempts at one all-or-nothing transaction, for `for attempt in transactions(conn): with attempt: ...`.
+
+    The body runs again from its start, on the newest snapshot, when its commit conflicts with another run's
+    (lakehouse only; waits grow at random up to 10 s). Any other error rolls back and is raised, as is the
+    conflict after `attempts` tries."""
+    for attempt in Retrying(stop=stop_after_attempt(attempts), wait=wait_random_exponential(multiplier=0.2, max=10),
+                            retry=retry_if_exception(is_conflict), reraise=True):
+        yield _attempt(attempt, conn)
+
+
+@contextmanager
+def _attempt(attempt, conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    with attempt:  # tenacity's: keeps a conflict for the next try, raises anything else
+        if attempt.retry_state.attempt_number > 1:
+            log.info(f"lakehouse commit conflicted with another run's: trying again "
+                     f"(attempt {attempt.retry_state.attempt_number})")
+        with transaction(conn):
+            yield conn
 
 
 def replace_partition(conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str,
@@ -295,5 +450,21 @@ def replace_partition(conn: duckdb.DuckDBPyConnection, table: str, day: date, se
         conn.execute(f"INSERT INTO {table} BY NAME {select_sql}", {"day": day, **(params or {})} if "$" in select_sql else [])
     finally:
         conn.execute("RESET preserve_insertion_order")
-    conn.execute("INSERT OR REPLACE INTO materialized_days VALUES (?, ?, now())", [table, day])
+    mark_written(conn, table, day)
     return conn.execute(f"SELECT count(*) FROM {table} WHERE day = ?", [day]).fetchone()[0]
+
+
+def mark_written(conn: duckdb.DuckDBPyConnection, asset: str, day: date) -> None:
+    """Record in `materialized_days` that `asset` wrote `day` (in the caller's transaction)."""
+    conn.execute("DELETE FROM materialized_days WHERE asset = ? AND day = ?", [asset, day])
+    conn.execute("INSERT INTO materialized_days VALUES (?, ?, now())", [asset, day])
+
+
+def insert_new(conn: duckdb.DuckDBPyConnection, table: str, key: list[str], row: list) -> bool:
+    """Insert `row` (all of `table`'s columns, the key's first) unless a row with the same key is there; True when
+    inserted. In the caller's transaction. (A lakehouse has no keys to enforce this: the check is the key.)"""
+    where = " AND ".join(f"{column} = ?" for column in key)
+    if conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", row[:len(key)]).fetchone()[0]:
+        return False
+    conn.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", row)
+    return True

@@ -70,6 +70,25 @@ def s3(monkeypatch):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of the tests' own (postgres_server.py), one per test process."""
+    from finops_pipeline_tests.postgres_server import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def lakehouse(postgres, s3, request) -> dict:
+    """The settings of a new DuckLake lakehouse: its catalog a new database of the tests' Postgres, its files in
+    a bucket of moto's S3 server (reached the standard AWS way, as in production)."""
+    name = "lake_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[-50:].lower()
+    s3.create_bucket(Bucket="finops-lakehouse")
+    return {"warehouse": f"ducklake:postgres:{postgres.database(name)}",
+            "warehouse_data_path": f"s3://finops-lakehouse/{name}/"}
+
+
 @pytest.fixture
 def settled():
     """The clock a month after DAY: its bills have settled, its reconciliation is final."""

@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -17,12 +19,14 @@ import duckdb
 import httpx
 import pytest
 
+from finops_pipeline.warehouse import Warehouse, connect
 from finops_pipeline_tests.billing_double import ANTHROPIC_KEY, OPENAI_KEY, BillingDouble, anthropic_result
 from finops_pipeline_tests.langfuse_double import LangfuseDouble, api_row
 from finops_pipeline_tests.webhook_double import Receiver
 
 REPO = Path(__file__).resolve().parent.parent
-DAYS = [date(2026, 10, 23) + timedelta(days=n) for n in range(30)]
+DAYS = [date(2026, 10, 23) + timedelta(days=n) for n in range(30)]  # the lakehouse's backfill
+FILE_DAYS = DAYS[5:15]  # the DuckDB file's: its steps take turns, so fewer days keep the suite's time
 OVERBILLED = DAYS[11]  # OpenAI bills a third above the traced cost: the day's reconciliation fails with ERROR
 ASSETS = ["langfuse_generations", "allocated_costs", "openai_costs", "anthropic_costs", "other_provider_costs",
           "cost_reconciliation", "finout_upload", "focus_export", "budget_status", "cost_anomalies"]
@@ -38,10 +42,10 @@ CHECK_DAYS = """query { assetNodes(assetKeys: [{path: ["cost_reconciliation"]}])
     __typename ... on AssetCheckTimePartitionStatuses { ranges { startKey endKey status } } } } } } } }"""
 
 
-def traces_and_bills() -> tuple[list[dict], dict, dict]:
+def traces_and_bills(days: list[date]) -> tuple[list[dict], dict, dict]:
     """Each day: 6 gpt-4o-mini calls at $0.01 and 4 Claude calls at $0.02, billed exactly but on OVERBILLED."""
     rows, openai, anthropic = [], {}, {}
-    for day in DAYS:
+    for day in days:
         for n in range(10):
             model, cost = ("gpt-4o-mini-2024-07-18", 0.01) if n < 6 else ("claude-sonnet-4-20250514", 0.02)
             rows.append(api_row(f"{day}-{n}", f"{day}T{2 * n:02d}:15:00.000Z", model=model, cost=cost))
@@ -56,9 +60,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def dagster_dev(tmp_path):
-    rows, openai, anthropic = traces_and_bills()
+@contextmanager
+def running_dagster_dev(tmp_path: Path, days: list[date], **settings: str):
+    """`dagster dev` as `make dev` starts it, on the doubles of traces_and_bills(days), with `settings` (FINOPS_*)."""
+    rows, openai, anthropic = traces_and_bills(days)
     home, dagster_home = tmp_path / "finops", tmp_path / "dagster"
     dagster_home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
@@ -71,7 +76,7 @@ def dagster_dev(tmp_path):
             "LANGFUSE_SECRET_KEY": langfuse.secret_key, "FINOPS_LANGFUSE_REQUESTS_PER_MINUTE": "0",
             "OPENAI_BASE_URL": bills.openai_url(), "OPENAI_ADMIN_KEY": OPENAI_KEY,
             "ANTHROPIC_BASE_URL": bills.url, "ANTHROPIC_ADMIN_KEY": ANTHROPIC_KEY,
-            "FINOPS_ALERT_WEBHOOK_URL": webhook.webhook_url, "FINOPS_START_DATE": "2026-10-01",
+            "FINOPS_ALERT_WEBHOOK_URL": webhook.webhook_url, "FINOPS_START_DATE": "2026-10-01", **settings,
         })
         log = open(tmp_path / "dagster-dev.log", "w")
         process = subprocess.Popen(
@@ -101,6 +106,12 @@ def dagster_dev(tmp_path):
             log.close()
 
 
+@pytest.fixture
+def dagster_dev(tmp_path):
+    with running_dagster_dev(tmp_path, FILE_DAYS) as running:
+        yield running
+
+
 def graphql(url: str, query: str, variables: dict) -> dict:
     response = httpx.post(f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60)
     response.raise_for_status()
@@ -114,13 +125,12 @@ def sensor_ticks(instance: dg.DagsterInstance, name: str) -> list:
     return instance.get_ticks(state.instigator_origin_id, state.selector_id)
 
 
-def test_a_30_day_backfill_from_the_ui_materialises_every_day_with_every_check(dagster_dev):
-    url, home, dagster_home, langfuse, bills, webhook = dagster_dev
+def run_backfill(url: str, days: list[date]) -> tuple[str, float]:
+    """Launch `days` of every asset as the UI does; wait until it ends. Its id, and when it ended."""
     launched = graphql(url, LAUNCH, {"p": {"assetSelection": [{"path": [a]} for a in ASSETS],
-                                           "partitionNames": [d.isoformat() for d in DAYS], "fromFailure": False}})
+                                           "partitionNames": [d.isoformat() for d in days], "fromFailure": False}})
     assert launched["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", launched
     backfill_id = launched["launchPartitionBackfill"]["backfillId"]
-
     deadline = time.monotonic() + 1200  # 20 minutes: room for a busy machine (idle, it takes about 3)
     while True:
         status = graphql(url, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
@@ -128,20 +138,19 @@ def test_a_30_day_backfill_from_the_ui_materialises_every_day_with_every_check(d
             break
         assert time.monotonic() < deadline, f"backfill still {status} after 20 minutes"
         time.sleep(3)
-    finished = time.time()
     # One day's reconciliation failed with ERROR: its run failed, so the backfill did not complete cleanly.
-    assert status == {"__typename": "PartitionBackfill", "status": "COMPLETED_FAILED", "numPartitions": 30}
+    assert status == {"__typename": "PartitionBackfill", "status": "COMPLETED_FAILED", "numPartitions": len(days)}
+    return backfill_id, time.time()
 
-    instance = dg.DagsterInstance.from_config(str(dagster_home))
+
+def every_day_and_check(url: str, instance: dg.DagsterInstance, backfill_id: str, days: list[date]) -> list:
+    """Assert what users rely on after the backfill: every warehouse step of every day ran and succeeded, but the
+    one reconciliation that fails by design; every check evaluated in every run; each day's reconciliation check
+    is that day's in the UI. The backfill's run records."""
     runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-    assert sorted(r.dagster_run.tags["dagster/partition"] for r in runs) == [d.isoformat() for d in DAYS]
+    assert sorted(r.dagster_run.tags["dagster/partition"] for r in runs) == [d.isoformat() for d in days]
     assert {r.dagster_run.tags["dagster/partition"]: r.dagster_run.status for r in runs} == {
-        d.isoformat(): dg.DagsterRunStatus.FAILURE if d == OVERBILLED else dg.DagsterRunStatus.SUCCESS for d in DAYS}
-    # Runs may overlap (dagster.yaml allows 4 at once); their warehouse steps take turns through the `duckdb`
-    # pool of one slot. On SQLite, Dagster's slot claim can race (its SELECT ... FOR UPDATE SKIP LOCKED is a
-    # no-op there), so two steps may start together now and then; DuckDB's file lock and the resource's
-    # reconnect back-off then serialize them. What users rely on: every warehouse step of every day ran and
-    # succeeded, but the one reconciliation that fails by design, whatever overlapped.
+        d.isoformat(): dg.DagsterRunStatus.FAILURE if d == OVERBILLED else dg.DagsterRunStatus.SUCCESS for d in days}
     outcomes: dict[tuple[str, str], str] = {}
     for run in runs:
         for record in instance.get_records_for_run(
@@ -150,7 +159,7 @@ def test_a_30_day_backfill_from_the_ui_materialises_every_day_with_every_check(d
             if record.event_log_entry.step_key in ASSETS:  # the warehouse steps (not the delivery check's)
                 outcomes[(run.dagster_run.tags["dagster/partition"], record.event_log_entry.step_key)] = \
                     record.event_log_entry.dagster_event.event_type_value
-    assert len(outcomes) == 30 * len(ASSETS)
+    assert len(outcomes) == len(days) * len(ASSETS)
     assert {k for k, v in outcomes.items() if v != "STEP_SUCCESS"} == {(OVERBILLED.isoformat(), "cost_reconciliation")}
     for run in runs:
         evaluated = {r.event_log_entry.dagster_event.event_specific_data.check_name
@@ -165,7 +174,30 @@ def test_a_30_day_backfill_from_the_ui_materialises_every_day_with_every_check(d
     for r in gap["partitionStatuses"]["ranges"]:
         for n in range((date.fromisoformat(r["endKey"]) - date.fromisoformat(r["startKey"])).days + 1):
             by_day[(date.fromisoformat(r["startKey"]) + timedelta(days=n)).isoformat()] = r["status"]
-    assert by_day == {d.isoformat(): "FAILED" if d == OVERBILLED else "SUCCEEDED" for d in DAYS}
+    assert by_day == {d.isoformat(): "FAILED" if d == OVERBILLED else "SUCCEEDED" for d in days}
+    return runs
+
+
+def assert_warehouse_totals(conn, days: list[date]) -> None:
+    """Every day in every table, 10 calls and $0.14 a day; the traced total is the billed one but the overbilled
+    day's extra $0.03."""
+    for table in ("langfuse_generations", "allocated_costs", "provider_costs", "cost_reconciliation"):
+        assert conn.execute(f"SELECT count(DISTINCT day) FROM {table}").fetchone()[0] == len(days), table
+    assert conn.execute("SELECT count(*), sum(cost_usd) FROM langfuse_generations").fetchone() == (
+        10 * len(days), conn.execute("SELECT sum(cost_usd) - 0.03 FROM provider_costs").fetchone()[0])
+    assert conn.execute("SELECT sum(cost_usd) FROM allocated_costs").fetchone()[0] == Decimal("0.14") * len(days)
+
+
+def test_a_backfill_from_the_ui_materialises_every_day_with_every_check(dagster_dev):
+    url, home, dagster_home, langfuse, bills, webhook = dagster_dev
+    backfill_id, finished = run_backfill(url, FILE_DAYS)
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    # Runs may overlap (dagster.yaml allows 4 at once); their warehouse steps take turns through the `duckdb`
+    # pool of one slot. On SQLite, Dagster's slot claim can race (its SELECT ... FOR UPDATE SKIP LOCKED is a
+    # no-op there), so two steps may start together now and then; DuckDB's file lock and the resource's
+    # reconnect back-off then serialize them. What users rely on: every warehouse step of every day ran and
+    # succeeded, but the one reconciliation that fails by design, whatever overlapped.
+    every_day_and_check(url, instance, backfill_id, FILE_DAYS)
 
     # The alert sensor ticks cleanly on this instance (SQLite, run-sharded) and alerts the failed day once.
     deadline = time.monotonic() + 240
@@ -180,7 +212,7 @@ def test_a_30_day_backfill_from_the_ui_materialises_every_day_with_every_check(d
         f"ERROR: cost_reconciliation {OVERBILLED}, check billed_vs_traced_gap failed: openai: billed $0.09 vs traced $0.06")
 
     # The months the backfill touched are rendered by the automation sensor once their days are in.
-    expected = {"2026-10-01": sum(d.month == 10 for d in DAYS), "2026-11-01": sum(d.month == 11 for d in DAYS)}
+    expected = {"2026-10-01": sum(d.month == 10 for d in FILE_DAYS), "2026-11-01": sum(d.month == 11 for d in FILE_DAYS)}
     deadline = time.monotonic() + 300
     while True:
         latest = {}
@@ -200,11 +232,34 @@ def test_a_30_day_backfill_from_the_ui_materialises_every_day_with_every_check(d
     assert ticks and {t.status.value for t in ticks} <= {"SUCCESS", "SKIPPED"}, [(t.status, t.error) for t in ticks]
 
     with duckdb.connect(str(home / "finops.duckdb"), read_only=True) as conn:
-        for table in ("langfuse_generations", "allocated_costs", "provider_costs", "cost_reconciliation"):
-            assert conn.execute(f"SELECT count(DISTINCT day) FROM {table}").fetchone()[0] == 30, table
-        assert conn.execute("SELECT count(*), sum(cost_usd) FROM langfuse_generations").fetchone() == (
-            300, conn.execute("SELECT sum(cost_usd) - 0.03 FROM provider_costs").fetchone()[0])
-    assert len(list((home / "finout").glob("llm-costs-*.csv"))) == 30
-    assert len(list((home / "focus").glob("focus-*.csv"))) == 30
+        assert_warehouse_totals(conn, FILE_DAYS)
+    assert len(list((home / "finout").glob("llm-costs-*.csv"))) == len(FILE_DAYS)
+    assert len(list((home / "focus").glob("focus-*.csv"))) == len(FILE_DAYS)
     assert langfuse.contract_errors == [] and bills.contract_errors == []
     instance.dispose()
+
+
+def test_a_30_day_backfill_into_the_lakehouse_writes_days_at_once(tmp_path, lakehouse):
+    """The 30 days with FINOPS_WAREHOUSE on a DuckLake lakehouse (Postgres catalog, moto S3): no pool, so the four
+    runs dagster.yaml allows write their days at the same time, and the totals are the DuckDB file's."""
+    settings = {"FINOPS_WAREHOUSE": lakehouse["warehouse"], "FINOPS_WAREHOUSE_DATA_PATH": lakehouse["warehouse_data_path"]}
+    with running_dagster_dev(tmp_path, DAYS, **settings) as (url, home, dagster_home, langfuse, bills, webhook):
+        backfill_id, _ = run_backfill(url, DAYS)
+        instance = dg.DagsterInstance.from_config(str(dagster_home))
+        runs = every_day_and_check(url, instance, backfill_id, DAYS)
+        # No step waited for a warehouse slot, and steps of different runs wrote at the same time
+        events = [r.event_log_entry for run in runs for r in instance.get_records_for_run(run.dagster_run.run_id).records]
+        assert not [e.user_message for e in events if "blocked by limit for pool" in (e.user_message or "")]
+        began = {(e.run_id, e.step_key): e.timestamp for e in events
+                 if e.dagster_event and e.dagster_event.event_type_value == "STEP_START" and e.step_key in ASSETS}
+        spans = [(began[(e.run_id, e.step_key)], e.timestamp) for e in events if e.dagster_event and (
+            e.dagster_event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE")) and e.step_key in ASSETS]
+        at_once = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+        assert len(spans) == len(DAYS) * len(ASSETS) and at_once >= 2, at_once
+        print(f"warehouse steps at once, at most: {at_once}")
+        with connect(Warehouse(database=lakehouse["warehouse"], data_path=lakehouse["warehouse_data_path"])) as conn:
+            assert_warehouse_totals(conn, DAYS)
+        assert not (home / "finops.duckdb").exists()
+        assert len(list((home / "finout").glob("llm-costs-*.csv"))) == len(DAYS)
+        assert langfuse.contract_errors == [] and bills.contract_errors == []
+        instance.dispose()

@@ -62,6 +62,17 @@ def test_a_seek_on_one_thread_does_not_move_another_threads_read(tmp_path):
         assert list(pool.map(seek_then_read, [1_000, 50_000])) == [content[1_000:1_100], content[50_000:50_100]]
 
 
+def test_a_read_without_a_seek_goes_on_where_the_last_read_ended_on_any_thread(tmp_path):
+    """DuckDB 1.5 reads a file on in turns from its threads, seeking only to start: a handle's position is shared."""
+    content = _lines(5_000)
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(gzip.compress(content))
+    file = InflatedFile(str(path))
+    with ThreadPoolExecutor(1) as first, ThreadPoolExecutor(1) as second:
+        parts = [(first if n % 2 else second).submit(file.read, 30_000).result() for n in range(len(content) // 30_000 + 2)]
+    assert b"".join(parts) == content and parts[-1] == b""
+
+
 def test_a_file_longer_than_its_trailer_says_raises_rather_than_stop_short(tmp_path):
     path = tmp_path / "two-members.jsonl.gz"  # what `cat a.gz b.gz` makes: the trailer sizes only the last
     path.write_bytes(gzip.compress(_lines(2_000)) + gzip.compress(_lines(10, seed=2)))
@@ -70,7 +81,7 @@ def test_a_file_longer_than_its_trailer_says_raises_rather_than_stop_short(tmp_p
         while file.read(4096):
             pass
     assert isal_gzip.failed_on([str(path)])
-    assert isal_gzip.for_duckdb([str(path)]) == ([str(path)], "auto")  # from now on DuckDB's own gzip reads it
+    assert isal_gzip.for_duckdb([str(path)]) == ([str(path)], "auto_detect")  # from now on DuckDB's own gzip reads it
 
 
 def test_duckdb_reads_the_files_as_its_own_gzip_does(tmp_path):
@@ -86,11 +97,11 @@ def test_duckdb_reads_the_files_as_its_own_gzip_does(tmp_path):
         isal_gzip.register(conn)
         isal_gzip.register(conn)  # once per database, however often asked
         files, compression = isal_gzip.for_duckdb(paths)
-        assert compression == "none" and files[0].startswith("isalgz://") and files[-1] == str(plain)
+        assert compression == "uncompressed" and files[0].startswith("isalgz://") and files[-1] == str(plain)
         query = ("SELECT list_position($files, filename) AS file, count(*), sum(id::BIGINT), max(length(text)) "
                  "FROM read_json($files, format='newline_delimited', filename=true, compression=$compression, "
                  "columns={'id': 'VARCHAR', 'text': 'VARCHAR'}) GROUP BY ALL ORDER BY ALL")
         inflated = conn.execute(query, {"files": files, "compression": compression}).fetchall()
-        own = conn.execute(query, {"files": paths, "compression": "auto"}).fetchall()
+        own = conn.execute(query, {"files": paths, "compression": "auto_detect"}).fetchall()
     assert inflated == own
     assert [row[1] for row in own] == [5_000, 10_000, 15_000, 100]

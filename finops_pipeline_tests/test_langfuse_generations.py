@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import zlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -263,6 +264,25 @@ def test_an_unreadable_file_is_quarantined_and_stops_the_days_delivery(settings)
                                            "2026-11-21T16-00-00.jsonl.gz: read 0 rows, its manifest says 1 "
                                            "(unreadable jsonl file")
     assert not result.get_step_success_events()  # nothing downstream ran
+    assert not (Path(settings.finout_dir) / "llm-costs-2026-11-21.csv").exists()
+
+
+@pytest.mark.parametrize("ext", ["jsonl.gz", "csv.gz"])
+def test_a_gzip_file_cut_short_at_a_line_end_is_unreadable_not_its_first_lines(settings, ext):
+    """A copy cut off mid-stream inflates to whole lines (here the first two of three): DuckDB's own gzip (1.5)
+    returns them without an error. The day must not take them for the file."""
+    cover_day(settings, {14: [generation("fine", "2026-11-21 14:30:00.000000")]})
+    start, _ = day_window()
+    cut = write_export_file(export_dir(settings), start + timedelta(hours=15), start + timedelta(hours=16),
+                            [generation(f"cut-{n}", "2026-11-21 15:30:00.000000") for n in range(3)], ext=ext)
+    lines = gzip.decompress(cut.read_bytes()).splitlines(keepends=True)
+    deflate = zlib.compressobj(wbits=31)  # gzip framing
+    cut.write_bytes(deflate.compress(b"".join(lines[:-1])) + deflate.flush(zlib.Z_FULL_FLUSH))  # no end, no trailer
+    result = materialize_day(settings, selection=[*STAGE, "allocated_costs", "finout_upload"])
+    assert failed_on_checks(result) == {"langfuse_generations"}
+    assert staged_ids(settings) == ["fine"]
+    [(file, line, reason)] = query(settings, "SELECT file, line, reason FROM quarantine")
+    assert file == str(cut) and line is None and reason.startswith(f"unreadable {ext.split('.')[0]} file: gzip stream")
     assert not (Path(settings.finout_dir) / "llm-costs-2026-11-21.csv").exists()
 
 

@@ -6,7 +6,7 @@ from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
 from finops_pipeline.retention import RetiredDay, check_not_retired
-from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
+from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transactions
 
 CONSERVATION_CHECK = "cost_conserved"
 
@@ -46,8 +46,9 @@ def allocated_costs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -
             check_not_retired(conn, day, "allocated_costs")
         except RetiredDay as exc:
             raise dg.Failure(str(exc)) from None
-        with transaction(conn):
-            rows = replace_partition(conn, "allocated_costs", day, _ALLOCATE)
+        for attempt in transactions(conn):
+            with attempt:
+                rows = replace_partition(conn, "allocated_costs", day, _ALLOCATE)
         result = conservation_check(conn, day)
     return dg.MaterializeResult(
         metadata={

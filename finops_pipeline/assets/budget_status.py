@@ -15,7 +15,7 @@ from finops_pipeline.destinations.finout import shown_as_delivered
 from finops_pipeline.partitions import daily_check, partition_day
 from finops_pipeline.projection import backtest, forecast
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.warehouse import connect, replace_partition, transaction
+from finops_pipeline.warehouse import connect, insert_new, replace_partition, transactions
 
 BUDGET_CHECK = "budget_thresholds"
 HISTORY_DAYS = 120  # behind the day: the forecast's 28 days and its backtest's origins
@@ -60,9 +60,10 @@ def build_budget_status(basis: str) -> dg.AssetsDefinition:
                             amount=b.amount_usd if b is not total else None) for b in [*budgets, total]]
             frame = pd.DataFrame(rows)
             conn.register("budget_rows", frame.drop(columns=["thresholds", "history_days"]))
-            with transaction(conn):
-                replace_partition(conn, "budget_status", day, "SELECT * FROM budget_rows")
-                new_alerts = _record_alerts(conn, day, [r for r in rows if r["budget"] != TOTAL])
+            for attempt in transactions(conn):
+                with attempt:
+                    replace_partition(conn, "budget_status", day, "SELECT * FROM budget_rows")
+                    new_alerts = _record_alerts(conn, day, [r for r in rows if r["budget"] != TOTAL])
             conn.unregister("budget_rows")
         check = _check(rows, new_alerts, settings)
         all_spend = rows[-1]
@@ -126,9 +127,8 @@ def _record_alerts(conn, day: date, rows: list[dict]) -> list[tuple[dict, str]]:
         if (r["projected_share_pct"] or 0) > 100 and r["share_pct"] < 100 and r["history_days"] >= 7:
             keys.append("projected 100")
         for key in keys:
-            inserted = conn.execute("INSERT OR IGNORE INTO budget_alerts VALUES (?, ?, ?, ?) RETURNING 1",
-                                    [r["budget"], r["period_start"], key, day]).fetchall()
-            if inserted:
+            if insert_new(conn, "budget_alerts", ["budget", "period_start", "threshold"],
+                          [r["budget"], r["period_start"], key, day]):
                 new.append((r, key))
     return new
 

@@ -12,7 +12,7 @@ from finops_pipeline.anomalies import WEEKS, detect, explain, stage_series
 from finops_pipeline.destinations.finout import shown_as_delivered
 from finops_pipeline.partitions import daily_check, daily_partitions, partition_day
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
+from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transactions
 
 ANOMALY_CHECK = "no_cost_anomaly"
 EPISODE_GAP_DAYS = 7  # a series flagged again within a week is the same anomaly going on (a lasting step
@@ -55,9 +55,10 @@ def cost_anomalies(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
                              value=[shown(d, v) for d, v in zip(found["dimension"], found["value"])])
         conn.register("anomaly_rows", frame[["day", "dimension", "value", "direction", "cost_usd", "usual_usd",
                                              "score", "calls", "usual_calls", "cause", "explanation"]])
-        with transaction(conn):
-            rows = replace_partition(conn, "cost_anomalies", day, "SELECT * FROM anomaly_rows")
-            new = [r for r in frame.itertuples() if _new_episode(conn, r.dimension, r.value, r.direction, day)]
+        for attempt in transactions(conn):
+            with attempt:
+                rows = replace_partition(conn, "cost_anomalies", day, "SELECT * FROM anomaly_rows")
+                new = [r for r in frame.itertuples() if _new_episode(conn, r.dimension, r.value, r.direction, day)]
         conn.unregister("anomaly_rows")
     check = _check(frame, new, weeks, day)
     return dg.MaterializeResult(
@@ -75,15 +76,14 @@ def _new_episode(conn, dimension: str, value: str, direction: str, day: date) ->
     EPISODE_GAP_DAYS before, nor a re-run of a day already recorded)."""
     # an episode the day extends or precedes by up to the gap (days may run out of order: a backfill runs
     # several at once, the schedule queues yesterday before the days it re-runs)
-    going_on = conn.execute("""
-        UPDATE anomaly_alerts SET first_day = least(first_day, $day), last_day = greatest(last_day, $day)
-        WHERE dimension = $dimension AND value = $value AND direction = $direction
-          AND first_day <= $day + $gap AND last_day >= $day - $gap RETURNING 1""",
-                            {"day": day, "dimension": dimension, "value": value, "direction": direction,
-                             "gap": EPISODE_GAP_DAYS}).fetchall()
-    if going_on:
+    episode = """dimension = $dimension AND value = $value AND direction = $direction
+                 AND first_day <= $day + $gap AND last_day >= $day - $gap"""
+    params = {"day": day, "dimension": dimension, "value": value, "direction": direction, "gap": EPISODE_GAP_DAYS}
+    if conn.execute(f"SELECT count(*) FROM anomaly_alerts WHERE {episode}", params).fetchone()[0]:
+        conn.execute(f"""UPDATE anomaly_alerts SET first_day = least(first_day, $day), last_day = greatest(last_day, $day)
+                         WHERE {episode}""", params)
         return False
-    conn.execute("INSERT OR IGNORE INTO anomaly_alerts VALUES (?, ?, ?, ?, ?)", [dimension, value, direction, day, day])
+    conn.execute("INSERT INTO anomaly_alerts VALUES (?, ?, ?, ?, ?)", [dimension, value, direction, day, day])
     return True
 
 

@@ -20,7 +20,7 @@ from finops_pipeline.reconciliation import (
     register_model_keys,
 )
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
+from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transactions
 
 GAP_CHECK = "billed_vs_traced_gap"
 MATCH_CHECK = "billed_models_matched"
@@ -66,9 +66,10 @@ def build_cost_reconciliation(basis: str) -> dg.AssetsDefinition:
             register_model_keys(conn, day)
             for statement in PREPARE_SQL:
                 conn.execute(statement, {"day": day} if "$day" in statement else [])
-            with transaction(conn):
-                rows = replace_partition(conn, "cost_reconciliation", day, RECONCILE_SQL,
-                                         {"billed_providers": settings.billed_providers, "final": final})
+            for attempt in transactions(conn):
+                with attempt:
+                    rows = replace_partition(conn, "cost_reconciliation", day, RECONCILE_SQL,
+                                             {"billed_providers": settings.billed_providers, "final": final})
             table = conn.execute(
                 "SELECT * EXCLUDE (day) FROM cost_reconciliation WHERE day = ? ORDER BY depth, provider, model, token_kind",
                 [day]).df()

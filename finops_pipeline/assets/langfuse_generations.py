@@ -22,7 +22,7 @@ from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.staged_inputs import (
     Staged, api_fingerprint, completeness_then, export_fingerprint, record, unchanged_since, was_staged,
 )
-from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transaction
+from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transactions
 
 ASSET = "langfuse_generations"
 UNALLOCATED_CHECK = "unallocated_cost_share"
@@ -83,13 +83,14 @@ def langfuse_generations(
                 "INSERT INTO day_quarantine VALUES ('langfuse_generations', ?, ?, ?, NULL, ?)",
                 [[day, str(r.file), r.line, r.reason] for r in extraction.rejected],
             )
-        with transaction(conn):
-            rows = replace_partition(conn, "langfuse_generations", day, generations_sql(settings.vocabulary))
-            conn.execute("DELETE FROM quarantine WHERE source = 'langfuse_generations' AND day = ?", [day])
-            conn.execute("INSERT INTO quarantine SELECT * FROM day_quarantine")
-            unretire(conn, day)
-            # the inputs these rows came from are recorded once proven whole; until then, none (read again)
-            conn.execute("DELETE FROM staged_inputs WHERE day = ?", [day])
+        for attempt in transactions(conn):
+            with attempt:
+                rows = replace_partition(conn, "langfuse_generations", day, generations_sql(settings.vocabulary))
+                conn.execute("DELETE FROM quarantine WHERE source = 'langfuse_generations' AND day = ?", [day])
+                conn.execute("INSERT INTO quarantine SELECT * FROM day_quarantine")
+                unretire(conn, day)
+                # the inputs these rows came from are recorded once proven whole; until then, none (read again)
+                conn.execute("DELETE FROM staged_inputs WHERE day = ?", [day])
         stats = generation_stats(conn, day, settings.allocation_keys)
         quarantined = conn.execute("SELECT count(*) FROM day_quarantine").fetchone()[0]
         quarantine_sample = conn.execute(

@@ -18,7 +18,7 @@ from finops_pipeline.sources.provider_billing import (
     read_bill_files,
     read_other_costs,
 )
-from finops_pipeline.warehouse import MONEY, WAREHOUSE_POOL, connect, transaction
+from finops_pipeline.warehouse import MONEY, WAREHOUSE_POOL, connect, mark_written, transactions
 
 _COLUMNS = ["provider", "model", "token_type", "token_kind", "line_item", "project_id", "cost_usd", "source"]
 
@@ -34,13 +34,14 @@ def _replace_bill(duckdb: DuckDBResource, day: date, lines: list[BilledCost], re
                          columns=_COLUMNS, dtype=object)
     with connect(duckdb) as conn:
         conn.register("billed", frame)
-        with transaction(conn):
-            conn.execute(f"DELETE FROM provider_costs WHERE day = $day AND {replaced}", {"day": day, "p": provider_param})
-            conn.execute(f"""
-                INSERT INTO provider_costs BY NAME
-                SELECT ?::DATE AS day, * REPLACE (cost_usd::VARCHAR::{MONEY} AS cost_usd) FROM billed""", [day])
-            # the day's bill is known, an empty one included (the invoice basis reads this: cost_basis.py)
-            conn.execute("INSERT OR REPLACE INTO materialized_days VALUES (?, ?, now())", [asset, day])
+        for attempt in transactions(conn):
+            with attempt:
+                conn.execute(f"DELETE FROM provider_costs WHERE day = $day AND {replaced}", {"day": day, "p": provider_param})
+                conn.execute(f"""
+                    INSERT INTO provider_costs BY NAME
+                    SELECT ?::DATE AS day, * REPLACE (cost_usd::VARCHAR::{MONEY} AS cost_usd) FROM billed""", [day])
+                # the day's bill is known, an empty one included (the invoice basis reads this: cost_basis.py)
+                mark_written(conn, asset, day)
     totals: dict[str, Decimal] = {}
     for line in lines:
         totals[line.provider] = totals.get(line.provider, Decimal(0)) + line.cost_usd

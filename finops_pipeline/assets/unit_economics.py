@@ -18,7 +18,7 @@ from finops_pipeline.generations import UNALLOCATED
 from finops_pipeline.partitions import daily_check, partition_day
 from finops_pipeline.retention import RetiredDay, check_not_retired
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.warehouse import connect, replace_partition, transaction
+from finops_pipeline.warehouse import connect, insert_new, replace_partition, transactions
 
 MARGIN_CHECK = "ai_cost_within_revenue"
 
@@ -56,20 +56,20 @@ def build_unit_economics(basis: str) -> dg.AssetsDefinition:
             # the month's spend on the cost basis is for the margins only: without revenue, nothing to stage
             missing = stage_spend(conn, month_start, day, basis, settings.allocation_keys,
                                   settings.billed_providers) if has_revenue else []
-            with transaction(conn):
-                rows = replace_partition(conn, "unit_economics", day, unit_economics_sql(dimensions, has_outcomes))
-                month = {"month": f"{day:%Y-%m}"}
-                # revenue unknown: no margin rows, rather than margins of $0 revenue
-                margins = replace_partition(conn, "customer_margin", day, margin_sql("customer_id"), month) \
-                    if has_revenue else _clear(conn, "customer_margin", day)
-                by_feature = has_revenue and conn.execute(
-                    "SELECT count(*) > 0 FROM revenue WHERE month = $month AND feature IS NOT NULL", month).fetchone()[0]
-                feature_margins = replace_partition(conn, "feature_margin", day, margin_sql("feature"), month) \
-                    if by_feature else _clear(conn, "feature_margin", day)
-                flagged = _flagged(conn, day, settings)
-                new = [f for f in flagged if conn.execute(
-                    "INSERT OR IGNORE INTO margin_alerts VALUES (?, ?, ?, ?) RETURNING 1",
-                    [f"{day:%Y-%m}", f["customer_id"], f["kind"], day]).fetchall()]
+            for attempt in transactions(conn):
+                with attempt:
+                    rows = replace_partition(conn, "unit_economics", day, unit_economics_sql(dimensions, has_outcomes))
+                    month = {"month": f"{day:%Y-%m}"}
+                    # revenue unknown: no margin rows, rather than margins of $0 revenue
+                    margins = replace_partition(conn, "customer_margin", day, margin_sql("customer_id"), month) \
+                        if has_revenue else _clear(conn, "customer_margin", day)
+                    by_feature = has_revenue and conn.execute(
+                        "SELECT count(*) > 0 FROM revenue WHERE month = $month AND feature IS NOT NULL", month).fetchone()[0]
+                    feature_margins = replace_partition(conn, "feature_margin", day, margin_sql("feature"), month) \
+                        if by_feature else _clear(conn, "feature_margin", day)
+                    flagged = _flagged(conn, day, settings)
+                    new = [f for f in flagged if insert_new(conn, "margin_alerts", ["month", "customer_id", "kind"],
+                                                            [f"{day:%Y-%m}", f["customer_id"], f["kind"], day])]
             shares = _shares(conn, day)
             features = conn.execute("SELECT value, cost_per_1k_requests FROM unit_economics WHERE day = ? AND "
                                     "dimension = 'feature' AND value <> ? ORDER BY value", [day, UNALLOCATED]).fetchall()

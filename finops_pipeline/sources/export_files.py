@@ -17,6 +17,7 @@ from __future__ import annotations
 import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import duckdb
 
@@ -162,6 +163,8 @@ def _read_fast(conn: duckdb.DuckDBPyConnection, kind: RowKind, fmt: str, paths: 
             sql = kind.validate(_parquet_sql(conn, kind, local, vocabulary))
         else:
             params["files"], params["compression"] = isal_gzip.for_duckdb(local)
+            if params["compression"] != "uncompressed" and any(isal_gzip.damage(p) for p in local if p.endswith(".gz")):
+                return False  # cut short: DuckDB's own gzip would take its first part for all of it (_read_lines)
             sql = validate_json(kind, _fast_jsonl(kind), vocabulary)
         conn.execute(f"INSERT INTO scratch.{kind.table} {sql}", params)
         return True
@@ -182,6 +185,10 @@ def _read_file(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFi
 
 def _read_lines(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportFile, vocabulary: Vocabulary) -> list[Rejected]:
     fmt, kind = export_file.format, KINDS[export_file.table]
+    if export_file.readable.endswith(".gz") and Path(export_file.readable).is_file():
+        damaged = isal_gzip.damage(export_file.readable)
+        if damaged:  # DuckDB's own gzip would read its first part as if it were all
+            return [Rejected(export_file.path, None, f"unreadable {fmt} file: gzip stream {damaged}")]
     try:  # one statement: a file that fails to read adds nothing
         conn.execute(f"INSERT INTO scratch.{kind.table} "
                      + validate_json(kind, from_text(kind, _LINES[fmt], csv=fmt == "csv"), vocabulary),

@@ -3,7 +3,7 @@
 DuckDB's own read of a JSONL export costs.
 
 `register(conn)` gives DuckDB the `isalgz://` filesystem (DuckDB's fsspec interface); `for_duckdb(paths)`
-names files for a read: `.gz` ones in that filesystem, read with `compression='none'` (the bytes DuckDB
+names files for a read: `.gz` ones in that filesystem, read with `compression='uncompressed'` (the bytes DuckDB
 sees are inflated).
 
 A file's size is what its gzip trailer says (ISIZE). When the stream turns out longer than that (several
@@ -11,8 +11,9 @@ gzip members, or over 4 GiB), ends early or is corrupt, the read raises rather t
 file, so a statement never sees a file cut short. DuckDB reports that as a bare `duckdb.Error`;
 `failed_on(paths)` tells it from a bug, and from then on `for_duckdb` leaves that file to DuckDB's own gzip.
 
-DuckDB reads one handle from several threads, each read a seek then a read on the same thread: the
-offset is kept per thread, and reads are served in turn under a lock. A read ahead of the stream (DuckDB
+DuckDB reads one handle from several threads. DuckDB 2 makes each read a seek then a read on the same
+thread, so a seek is kept for the thread that made it; DuckDB 1.5 also reads on without a seek, where the
+previous read (on any thread) ended. Reads are served in turn under a lock. A read ahead of the stream (DuckDB
 hands out a file's buffers in order, but its threads may ask out of order) inflates the bytes between
 and holds them for the read of that range, which is already on its way.
 """
@@ -42,13 +43,26 @@ def for_duckdb(paths: list[str]) -> tuple[list[str], str]:
     """`paths` as DuckDB should read them, and the `compression` to read them with: `.gz` files inflated
     by ISA-L, unless it failed on one of them (then all by DuckDB's own gzip)."""
     if failed_on(paths):
-        return paths, "auto"
-    return [f"{PROTOCOL}://{p}" if p.endswith(".gz") else p for p in paths], "none"
+        return paths, "auto_detect"
+    return [f"{PROTOCOL}://{p}" if p.endswith(".gz") else p for p in paths], "uncompressed"
 
 
 def failed_on(paths: list[str]) -> bool:
     """Did ISA-L fail on one of `paths` (the local paths given to `for_duckdb`)?"""
     return any(p in _failed for p in paths)
+
+
+def damage(path: str) -> str | None:
+    """Why the gzip file at `path` cannot be inflated whole (cut short, corrupt), or None when it can (several
+    members, over 4 GiB: what DuckDB's own gzip reads). DuckDB's own gzip returns a cut-short file's first part
+    without an error (seen in 1.5): a file is checked here before DuckDB reads it that way."""
+    try:
+        with igzip.open(path, "rb") as stream:
+            while stream.read(16 << 20):
+                pass
+    except (OSError, EOFError, ValueError) as exc:  # isal raises BadGzipFile (an OSError) or EOFError
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def trailer_size(path: str) -> int:
@@ -91,19 +105,22 @@ class InflatedFile:
         self._at = 0  # where the stream is
         self._held: dict[int, bytes] = {}  # offset -> bytes inflated ahead of the read that wants them
         self._lock = threading.Lock()
-        self._offset = threading.local()  # each thread's own position: set by seek, moved by read
+        self._sought = threading.local()  # a thread's seek, for its next read
+        self._position = 0  # where the last seek or read (on any thread) left the handle
 
     def seek(self, offset: int, whence: int = 0) -> int:
         if whence != 0:
             raise ValueError("only absolute seeks")
-        self._offset.value = offset
+        self._sought.value = self._position = offset
         return offset
 
     def tell(self) -> int:
-        return getattr(self._offset, "value", 0)
+        sought = getattr(self._sought, "value", None)
+        return self._position if sought is None else sought
 
     def read(self, n: int = -1) -> bytes:
         start = self.tell()
+        self._sought.value = None
         want = self.size - start if n < 0 else min(n, self.size - start)
         try:
             with self._lock:
@@ -113,7 +130,7 @@ class InflatedFile:
         except Exception:  # corrupt, cut short, or longer than its trailer says
             _failed.add(self.path)
             raise
-        self._offset.value = start + len(data)
+        self._position = start + len(data)
         return data
 
     def _read_at(self, start: int, n: int) -> bytes:

@@ -106,11 +106,11 @@ CREATE OR REPLACE MACRO scratch.usage_unit(k) AS CASE
     WHEN k LIKE '%output%' OR k LIKE '%completion%' OR k LIKE '%candidate%' THEN 'output_tokens'
     WHEN k LIKE '%input%' OR k LIKE '%prompt%' THEN 'input_tokens'
     ELSE 'unsorted:' || k END;
--- Values of `values` whose kind (same position in `kinds`) is `kind`; NULL when there are none.
-CREATE OR REPLACE MACRO scratch.sum_of(values, kinds, kind) AS
-    list_sum(list_where(values, list_transform(kinds, lambda k: k = kind)));
-CREATE OR REPLACE MACRO scratch.sum_except(values, kinds, kind) AS
-    list_sum(list_where(values, list_transform(kinds, lambda k: k <> kind)));
+-- Numbers of `amounts` whose kind (same position in `kinds`) is `kind`; NULL when there are none.
+CREATE OR REPLACE MACRO scratch.sum_of(amounts, kinds, kind) AS
+    list_sum(list_where(amounts, list_transform(kinds, lambda k: k = kind)));
+CREATE OR REPLACE MACRO scratch.sum_except(amounts, kinds, kind) AS
+    list_sum(list_where(amounts, list_transform(kinds, lambda k: k <> kind)));
 -- The units beyond the five the staging table keeps as columns, with their counts: {unit: count}.
 CREATE OR REPLACE MACRO scratch.other_usage(counts, units) AS map_from_entries(list_transform(
     list_distinct(list_filter(units, lambda u: u NOT IN ('input_tokens', 'output_tokens', 'cache_read_tokens',
