@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 UV := .uv/bin/uv
 PY := .venv/bin/python
 
-.PHONY: install demo day report dev test validate bench bench-anomalies clean
+.PHONY: install lakehouse demo day report dev test validate bench bench-anomalies bench-lakehouse bench-lakehouse-runs clean postgresql
 
 # uv itself, pinned, in its own small venv; then the project's venv exactly as uv.lock says.
 $(UV):
@@ -20,6 +20,14 @@ $(UV):
 	touch $@
 
 install: .venv/.synced
+
+# The lakehouse warehouse's environment: DuckDB 1.5.5 and its DuckLake, Postgres and S3 extensions from PyPI
+# (pyproject.toml, extra `lakehouse`), apart from .venv's DuckDB 2.
+.venv-lakehouse/.synced: $(UV) pyproject.toml uv.lock
+	UV_PROJECT_ENVIRONMENT=.venv-lakehouse $(UV) sync --frozen --extra lakehouse --python python3
+	touch $@
+
+lakehouse: .venv-lakehouse/.synced
 
 # The Langfuse 4.x SDK's models of the legacy API, for the tests' double only: beside the 5.x, never imported as `langfuse`.
 .venv/langfuse4/.installed: .venv/.synced finops_pipeline_tests/langfuse4.txt
@@ -50,8 +58,18 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 validate: install $(DAGSTER_HOME)/dagster.yaml
 	.venv/bin/dagster definitions validate -w workspace.yaml
 
-test: install .venv/langfuse4/.installed
-	.venv/bin/pytest -n 2
+# PostgreSQL from Debian's packages: the lakehouse tests start a server of their own as its catalog.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+# Both environments at once: the DuckDB file's tests on two workers, the lakehouse's on one (mostly its backfill
+# through `dagster dev`, whose runs wait on each other and on the catalog).
+test: install .venv/langfuse4/.installed lakehouse postgresql
+	.venv/bin/pytest -n 2 -m "not lakehouse" & main=$$!; \
+	.venv-lakehouse/bin/pytest -p no:cacheprovider -m lakehouse; lake=$$?; \
+	wait $$main; main=$$?; \
+	echo "DuckDB file tests: exit $$main; lakehouse tests: exit $$lake"; test $$main -eq 0 -a $$lake -eq 0
 
 # One day of N generations through the pipeline, a per-row loop and DuckDB's floor (bench/run.py).
 # The first run writes the sample exports under bench/data/ (about a minute per million per format).
@@ -63,5 +81,15 @@ bench: install
 bench-anomalies: install
 	$(PY) bench/anomaly_quarter.py
 
+# DuckLake against Iceberg on the warehouse's workload (bench/lakehouse.py), in a venv of its own with pyiceberg.
+LAKEHOUSE_BENCH ?= --rows 1M --days 8 --writers 4
+# A backfill's throughput with 1, 2 and 4 runs at once on the lakehouse (bench/lakehouse_runs.py).
+bench-lakehouse-runs: lakehouse postgresql
+	.venv-lakehouse/bin/python bench/lakehouse_runs.py
+
+bench-lakehouse: $(UV) postgresql
+	UV_PROJECT_ENVIRONMENT=.venv-bench $(UV) sync --frozen --group lakehouse-bench --python python3
+	.venv-bench/bin/python bench/lakehouse.py $(LAKEHOUSE_BENCH)
+
 clean:
-	rm -rf .venv .uv .finops .pytest_cache bench/data
+	rm -rf .venv .venv-lakehouse .venv-bench .uv .finops .pytest_cache bench/data

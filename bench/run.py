@@ -142,7 +142,7 @@ def child_floor(export: str, fmt: str, inflate: str) -> None:
     from finops_pipeline.sources import isal_gzip
 
     files = sorted(str(p) for p in Path(export).rglob(f"*.{EXTENSIONS[fmt]}"))
-    compression = "auto"
+    compression = "auto_detect"
     source = ("read_json($files, format='newline_delimited', records=true, compression=$compression, columns={"
               "'start_time': 'VARCHAR', 'provided_model_name': 'VARCHAR', 'total_cost': 'DECIMAL(38, 12)', "
               "'metadata': 'JSON', 'usage_details': 'JSON', 'environment': 'VARCHAR'})" if fmt == "jsonl"

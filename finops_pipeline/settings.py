@@ -6,6 +6,7 @@ shown, and can be overridden per run, in the Dagster UI's launchpad because this
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -354,3 +355,6 @@ def _check_warehouse(value: str) -> None:
     if value and not value.startswith("ducklake:postgres:"):
         raise ValueError("FINOPS_WAREHOUSE must be `ducklake:postgres:<libpq connection string>` "
                          "(e.g. ducklake:postgres:host=db.internal dbname=finops user=finops), or unset for the DuckDB file")
+    if value and importlib.util.find_spec("duckdb_extension_ducklake") is None:
+        raise ValueError("FINOPS_WAREHOUSE names a lakehouse, but this environment lacks its DuckDB extensions: install "
+                         "the `lakehouse` extra (`make lakehouse` makes .venv-lakehouse; or `uv sync --extra lakehouse`)")

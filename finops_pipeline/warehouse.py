@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -258,12 +259,14 @@ class Warehouse(DuckDBResource):
 def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the warehouse, created with its tables on first use. Times are UTC."""
     if isinstance(resource, Warehouse) and resource.is_lakehouse:
-        conn = _open_lakehouse(resource)
+        conn = _lakehouse(resource).cursor()  # a connection of its own: its own transaction and temp tables
         try:
+            conn.execute("USE warehouse")
             conn.execute("SET TimeZone = 'UTC'")
             _upgrade(conn)
             yield conn
         finally:
+            conn.execute("DETACH DATABASE IF EXISTS scratch")  # a read's scratch tables (sources/): freed, as a file's are
             conn.close()
         return
     Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +288,20 @@ class LakehouseError(RuntimeError):
 _EXTENSIONS = ("duckdb_extension_ducklake", "duckdb_extension_postgres_scanner", "duckdb_extension_httpfs")
 
 
+# The lakehouse opened once per process (and settings): loading the extensions and attaching the catalog take
+# about 0.2 s, which every step of a run would pay again. Each step works on a connection of its own.
+_opened: dict[tuple, duckdb.DuckDBPyConnection] = {}
+_opening = threading.Lock()
+
+
+def _lakehouse(resource: Warehouse) -> duckdb.DuckDBPyConnection:
+    key = (resource.database, resource.data_path, tuple(sorted(resource.connection_config.items())))
+    with _opening:
+        if key not in _opened:
+            _opened[key] = _open_lakehouse(resource)
+        return _opened[key]
+
+
 def _open_lakehouse(resource: Warehouse) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect(config={"custom_user_agent": "finops_pipeline", **resource.connection_config})
     try:
@@ -302,7 +319,6 @@ def _open_lakehouse(resource: Warehouse) -> duckdb.DuckDBPyConnection:
             with attempt:
                 conn.execute(f"ATTACH IF NOT EXISTS '{_quoted(resource.database)}' AS warehouse ({options})"
                              if options else f"ATTACH IF NOT EXISTS '{_quoted(resource.database)}' AS warehouse")
-        conn.execute("USE warehouse")
         return conn
     except duckdb.Error as exc:
         conn.close()

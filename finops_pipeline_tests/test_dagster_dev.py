@@ -239,6 +239,7 @@ def test_a_backfill_from_the_ui_materialises_every_day_with_every_check(dagster_
     instance.dispose()
 
 
+@pytest.mark.lakehouse
 def test_a_30_day_backfill_into_the_lakehouse_writes_days_at_once(tmp_path, lakehouse):
     """The 30 days with FINOPS_WAREHOUSE on a DuckLake lakehouse (Postgres catalog, moto S3): no pool, so the four
     runs dagster.yaml allows write their days at the same time, and the totals are the DuckDB file's."""

@@ -113,3 +113,13 @@ def test_the_first_partition_is_where_the_data_starts_unless_set(tmp_path):
     write_export_file(other, datetime(2025, 5, 31, 12), datetime(2025, 6, 1, 12), [], manifest=False)
     assert first_partition({"FINOPS_HOME": str(home), "FINOPS_LANGFUSE_EXPORT_DIR": str(other),
                             "FINOPS_START_DATE": None}) == "2025-05-01"
+
+
+def test_a_lakehouse_named_where_its_extensions_are_not_installed_fails_at_load_saying_what_to_install():
+    """.venv has DuckDB 2 and no DuckLake: the setting is refused when the code loads, not mid-run."""
+    import pytest
+
+    from finops_pipeline.settings import FinopsSettings
+
+    with pytest.raises(ValueError, match="install the `lakehouse` extra"):
+        FinopsSettings.from_env({"FINOPS_HOME": "/tmp/x", "FINOPS_WAREHOUSE": "ducklake:postgres:host=db dbname=finops"})

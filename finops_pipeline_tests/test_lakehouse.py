@@ -2,7 +2,8 @@
 its files in a real S3 API (moto's server), against the DuckDB file it stands in for. Many runs at once through a
 real `dagster dev` are in test_dagster_dev.py."""
 
-import threading
+import multiprocessing
+import re
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,10 +15,11 @@ from finops_pipeline.demo.budgets_file import write_demo_budgets
 from finops_pipeline.demo.business_files import write_business_files
 from finops_pipeline.demo.sample_data import write_sample
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.warehouse import Warehouse, connect, replace_partition, transactions
+from finops_pipeline.warehouse import SCHEMA, Warehouse, connect, replace_partition, transactions
 from finops_pipeline_tests.conftest import materialize_day, replace_settings
 
 DAYS = [date(2026, 11, 2) + timedelta(days=n) for n in range(3)]
+pytestmark = pytest.mark.lakehouse  # in .venv-lakehouse (pyproject.toml)
 # Written when they run: the rest of every table is compared to the last digit.
 STAMPS = {"written_at", "staged_at", "retired_at"}
 
@@ -100,26 +102,22 @@ def test_a_failed_transaction_leaves_the_lakehouse_as_it_was(tmp_path, lakehouse
         assert conn.execute("SELECT day FROM retired_days").fetchall() == [(date(2026, 11, 1),)]
 
 
-def test_runs_opening_a_new_lakehouse_at_once_all_find_its_tables(tmp_path, lakehouse):
-    settings = replace_settings(FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path / "finops")}), **lakehouse)
-    errors, barrier = [], threading.Barrier(4)
+def open_and_count(catalog: str, data_path: str) -> int:
+    """What a run's first step does to the warehouse (in a process of its own)."""
+    with connect(Warehouse(database=catalog, data_path=data_path)) as conn:
+        return conn.execute("SELECT count(*) FROM langfuse_generations").fetchone()[0]
 
-    def open_it():
-        try:
-            barrier.wait()
-            with connect(warehouse(settings)) as conn:
-                conn.execute("SELECT count(*) FROM langfuse_generations").fetchone()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
 
-    threads = [threading.Thread(target=open_it) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    with connect(warehouse(settings)) as conn:
+def test_runs_opening_a_new_lakehouse_at_once_all_find_its_tables(lakehouse):
+    """Four run processes start on a catalog no run has opened: each ATTACH creates DuckLake's tables in Postgres,
+    each connection our tables; the ones that lose those races try again and find them."""
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        counts = pool.starmap(open_and_count, [(lakehouse["warehouse"], lakehouse["warehouse_data_path"])] * 4)
+    assert counts == [0, 0, 0, 0]
+    with connect(Warehouse(database=lakehouse["warehouse"], data_path=lakehouse["warehouse_data_path"])) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+        tables = {t for (t,) in conn.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'warehouse'").fetchall()}
+    assert tables == {"schema_version", *re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)}
 
 
 @pytest.mark.parametrize("value", ["ducklake:postgres:host=db dbname=finops password=hunter2",
