@@ -7,6 +7,9 @@ export UV_PYTHON_DOWNLOADS = never
 UV_VERSION := 0.13.8
 UV := .uv/bin/uv
 PY := .venv/bin/python
+# The environment demo, day, report, dev and validate run in: with FINOPS_WAREHOUSE set (the lakehouse), the one
+# with DuckDB 1.5.5 and DuckLake (the `lakehouse` extra); else .venv (DuckDB 2).
+RUN_ENV := $(if $(FINOPS_WAREHOUSE),.venv-lakehouse,.venv)
 
 .PHONY: install lakehouse demo day report dev test validate bench bench-anomalies bench-lakehouse bench-lakehouse-runs clean postgresql
 
@@ -39,24 +42,24 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
-demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m finops_pipeline.demo
+demo: $(RUN_ENV)/.synced $(DAGSTER_HOME)/dagster.yaml
+	$(RUN_ENV)/bin/python -m finops_pipeline.demo
 
 # One UTC day (default yesterday) through the whole graph, as the schedule runs it, on the instance `make dev` opens.
 DAY ?= $(shell python3 -c 'import datetime as d; print(d.datetime.now(d.timezone.utc).date() - d.timedelta(days=1))')
-day: install $(DAGSTER_HOME)/dagster.yaml
-	.venv/bin/dagster job execute -m finops_pipeline.definitions -j daily_finops_job --tags '{"dagster/partition": "$(DAY)"}'
+day: $(RUN_ENV)/.synced $(DAGSTER_HOME)/dagster.yaml
+	$(RUN_ENV)/bin/dagster job execute -m finops_pipeline.definitions -j daily_finops_job --tags '{"dagster/partition": "$(DAY)"}'
 
 # One month's report (default: the month of yesterday, UTC) on the instance `make dev` opens.
 MONTH ?= $(shell python3 -c 'import datetime as d; print(f"{d.datetime.now(d.timezone.utc).date() - d.timedelta(days=1):%Y-%m}")')
-report: install $(DAGSTER_HOME)/dagster.yaml
-	.venv/bin/dagster job execute -m finops_pipeline.report_definitions -j monthly_report_job --tags '{"dagster/partition": "$(MONTH)-01"}'
+report: $(RUN_ENV)/.synced $(DAGSTER_HOME)/dagster.yaml
+	$(RUN_ENV)/bin/dagster job execute -m finops_pipeline.report_definitions -j monthly_report_job --tags '{"dagster/partition": "$(MONTH)-01"}'
 
-dev: install $(DAGSTER_HOME)/dagster.yaml
-	.venv/bin/dagster dev -w workspace.yaml
+dev: $(RUN_ENV)/.synced $(DAGSTER_HOME)/dagster.yaml
+	$(RUN_ENV)/bin/dagster dev -w workspace.yaml
 
-validate: install $(DAGSTER_HOME)/dagster.yaml
-	.venv/bin/dagster definitions validate -w workspace.yaml
+validate: $(RUN_ENV)/.synced $(DAGSTER_HOME)/dagster.yaml
+	$(RUN_ENV)/bin/dagster definitions validate -w workspace.yaml
 
 # PostgreSQL from Debian's packages: the lakehouse tests start a server of their own as its catalog.
 postgresql:
@@ -88,7 +91,7 @@ bench-lakehouse-runs: lakehouse postgresql
 	.venv-lakehouse/bin/python bench/lakehouse_runs.py
 
 bench-lakehouse: $(UV) postgresql
-	UV_PROJECT_ENVIRONMENT=.venv-bench $(UV) sync --frozen --group lakehouse-bench --python python3
+	UV_PROJECT_ENVIRONMENT=.venv-bench $(UV) sync --frozen --extra lakehouse --group lakehouse-bench --python python3
 	.venv-bench/bin/python bench/lakehouse.py $(LAKEHOUSE_BENCH)
 
 clean:

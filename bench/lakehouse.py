@@ -112,7 +112,7 @@ def iceberg_catalog(postgres_uri: str, s3_endpoint: str):
 def day_arrow(day: date, rows: int):
     with duckdb.connect() as conn:
         conn.execute("SET TimeZone = 'UTC'")
-        return conn.execute(DAY_ROWS, {"day": day, "rows": rows}).arrow()
+        return conn.execute(DAY_ROWS, {"day": day, "rows": rows}).fetch_arrow_table()
 
 
 def iceberg_create(postgres_uri: str, s3_endpoint: str, rows: int) -> None:

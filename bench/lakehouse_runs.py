@@ -50,10 +50,18 @@ def export(days: list[date], n: int) -> Path:
 
 
 def one_run(day: date, env: dict) -> float:
+    # the DuckDB file as users run it, on .venv's DuckDB 2; the lakehouse on this environment's (the extra's)
+    venv = REPO / ".venv" if "FINOPS_WAREHOUSE" not in env and (REPO / ".venv").exists() else Path(sys.executable).parent.parent
+    # a Dagster instance a run (SQLite storage created by several processes at once races on its migrations)
+    instance = Path(env["FINOPS_HOME"]) / f"dagster-{day}"
+    instance.mkdir(parents=True, exist_ok=True)
+    env = {**env, "DAGSTER_HOME": str(instance)}
     started = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "finops_pipeline.definitions",
-                    "--select", SELECTION, "--partition", day.isoformat()],
-                   cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run([str(venv / "bin" / "dagster"), "asset", "materialize", "-m",
+                           "finops_pipeline.definitions", "--select", SELECTION, "--partition", day.isoformat()],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the run of {day} failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - started
 
 
@@ -94,13 +102,11 @@ def main() -> int:
         boto3.client("s3").create_bucket(Bucket="bench-runs")
         with PostgresServer() as postgres, tempfile.TemporaryDirectory() as scratch:
             home = Path(scratch) / "file"
-            file_env = {**base, "FINOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
-            (home / "dagster").mkdir(parents=True)
+            file_env = {**base, "FINOPS_HOME": str(home)}
             results.append(("DuckDB file", 1, backfill(days, 1, file_env)))
             for w in [int(x) for x in args.writers.split(",")]:
                 home = Path(scratch) / f"lake-{w}"
-                (home / "dagster").mkdir(parents=True)
-                env = {**base, "FINOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
+                env = {**base, "FINOPS_HOME": str(home),
                        "FINOPS_WAREHOUSE": f"ducklake:postgres:{postgres.database(f'runs{w}')}",
                        "FINOPS_WAREHOUSE_DATA_PATH": f"s3://bench-runs/lake-{w}/"}
                 results.append(("lakehouse", w, backfill(days, w, env)))

@@ -13,10 +13,13 @@ Money is DECIMAL(38, 12): exact sums, no float drift at cent level however many 
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -303,7 +306,12 @@ def _lakehouse(resource: Warehouse) -> duckdb.DuckDBPyConnection:
 
 
 def _open_lakehouse(resource: Warehouse) -> duckdb.DuckDBPyConnection:
-    conn = duckdb.connect(config={"custom_user_agent": "finops_pipeline", **resource.connection_config})
+    # An in-memory DuckDB spills to `.tmp/` in the working directory: runs started from one directory would
+    # overwrite each other's spilled blocks. Each process spills to a folder of its own, removed at its exit.
+    spill = tempfile.mkdtemp(prefix="finops-duckdb-spill-")
+    atexit.register(shutil.rmtree, spill, ignore_errors=True)
+    conn = duckdb.connect(config={"custom_user_agent": "finops_pipeline", "temp_directory": spill,
+                                  **resource.connection_config})
     try:
         for module in _EXTENSIONS:
             folder = Path(importlib.import_module(module).__file__).parent / "extensions" / f"v{duckdb.__version__}"

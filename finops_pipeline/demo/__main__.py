@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 
 from finops_pipeline.definitions import ASSETS, CHECKS, build_resources, is_check_failure
 from finops_pipeline.demo.sample_data import last_complete_days, write_sample
@@ -19,6 +18,7 @@ from finops_pipeline.cost_basis import COST_BASIS
 from finops_pipeline.report_definitions import monthly_report_job
 from finops_pipeline.schedules import daily_finops_job
 from finops_pipeline.settings import FinopsSettings
+from finops_pipeline.warehouse import connect
 
 # The summary says what each day's checks found: Dagster's own log (a failed check's traceback among it)
 # would say it again, less clearly. Anything else that fails is printed below.
@@ -73,7 +73,7 @@ def main() -> int:
         for error in (e.event_specific_data.error for e in report.get_step_failure_events()):
             print(f"monthly report FAILED: {error.message.strip()}")
         return 1
-    with duckdb.connect(str(settings.duckdb_path), read_only=True) as conn:
+    with connect(build_resources(settings)["duckdb"]) as conn:  # the DuckDB file, or the lakehouse when set
         print_summary(conn, days[-7:], checks, settings)
         print_controls(conn, days[-1], checks[days[-1].isoformat()])
         print_economics(conn, days[-1], settings.margin_warn_pct)
