@@ -349,7 +349,7 @@ class FinopsSettings(dg.ConfigurableResource):
 def _check_warehouse(value: str) -> None:
     """FINOPS_WAREHOUSE is shown in the UI's resource config, and pydantic's errors repeat a bad value whole: a
     password in it is refused here, before either could show it (libpq takes it from PGPASSWORD or ~/.pgpass)."""
-    if re.search(r"(^|[\s:;])password\s*=|://[^/@\s]*:[^/@\s]*@", value, re.IGNORECASE):
+    if re.search(r"(^|[\s:;?&])password\s*=|://[^/@\s]*:[^/@\s]*@", value, re.IGNORECASE):
         raise ValueError("FINOPS_WAREHOUSE holds a password: give it in PGPASSWORD or ~/.pgpass instead "
                          "(the setting shows in the Dagster UI)")
     if value and not value.startswith("ducklake:postgres:"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import importlib
-import logging
 import os
 import re
 import shutil
@@ -27,11 +26,12 @@ from datetime import date
 from pathlib import Path
 
 import duckdb
+from dagster import get_dagster_logger
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-log = logging.getLogger(__name__)
+log = get_dagster_logger(__name__)  # in a step, its messages reach the run's log
 
 MONEY = "DECIMAL(38, 12)"
 LAKEHOUSE = "ducklake:"
@@ -319,11 +319,15 @@ def _open_lakehouse(resource: Warehouse) -> duckdb.DuckDBPyConnection:
             conn.execute(f"LOAD '{extension}'")
         if resource.data_path.startswith("s3://") or not resource.data_path:
             _s3_secret(conn)
+        if resource.data_path:  # small writes stay in the catalog: a wrong bucket or no credentials would only
+            # show on the first large one, after a new catalog had taken the path for good
+            conn.execute(f"COPY (SELECT 1 AS writable) TO '{_quoted(resource.data_path.rstrip('/'))}/.finops-write-check'"
+                         " (FORMAT parquet)")
         options = f"DATA_PATH '{_quoted(resource.data_path)}'" if resource.data_path else ""
         # Several runs may open a new catalog at once: its first ATTACH creates DuckLake's tables in Postgres,
-        # and the runs that lose that race try again.
+        # and the runs that lose that race try again (other errors cannot get better by waiting).
         for attempt in Retrying(stop=stop_after_attempt(5), wait=wait_random_exponential(multiplier=0.5, max=5),
-                                retry=retry_if_exception(lambda e: isinstance(e, duckdb.Error)), reraise=True):
+                                retry=retry_if_exception(_lost_creation_race), reraise=True):
             with attempt:
                 conn.execute(f"ATTACH IF NOT EXISTS '{_quoted(resource.database)}' AS warehouse ({options})"
                              if options else f"ATTACH IF NOT EXISTS '{_quoted(resource.database)}' AS warehouse")
@@ -331,9 +335,18 @@ def _open_lakehouse(resource: Warehouse) -> duckdb.DuckDBPyConnection:
     except duckdb.Error as exc:
         conn.close()
         # DuckDB's message may quote the statement: say what failed without it.
+        hint = (" Set FINOPS_WAREHOUSE_DATA_PATH (s3://bucket/prefix/) for a new catalog." if "DATA_PATH" in str(exc)
+                and not resource.data_path else
+                " A catalog keeps the data path it was created with: set FINOPS_WAREHOUSE_DATA_PATH to it (or unset it)."
+                if "does not match existing data path" in str(exc) else "")
         raise LakehouseError(f"could not open the lakehouse of FINOPS_WAREHOUSE (data path "
                              f"{resource.data_path or 'as the catalog has it'}): {type(exc).__name__}: "
-                             f"{_without_secrets(str(exc))}") from None
+                             f"{_without_secrets(str(exc))}{hint}") from None
+
+
+def _lost_creation_race(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.Error) and bool(re.search(
+        r"duplicate key|already exists|conflict|could not serialize", str(exc), re.IGNORECASE))
 
 
 def _s3_secret(conn: duckdb.DuckDBPyConnection) -> None:
@@ -362,7 +375,7 @@ def _quoted(value: str) -> str:
 
 
 def _without_secrets(message: str) -> str:
-    return re.sub(r"(?i)(password|secret|key_id|session_token)\s*[=:]?\s*'?[^\s',)]+", r"\1=***", message)
+    return re.sub(r"(?i)(password|secret|key_id|session_token)\s*[=:]\s*'?[^\s',)&]+", r"\1=***", message)
 
 
 def utc_cursor(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
@@ -376,10 +389,11 @@ def utc_cursor(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 def _upgrade(conn: duckdb.DuckDBPyConnection) -> None:
     lakehouse = conn.execute("SELECT current_database() = 'warehouse'").fetchone()[0]
     [(exists,)] = conn.execute("SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database() "
-                               "AND table_name = 'schema_version'").fetchall()
+                               "AND table_name = 'write_claim'").fetchall()
     if exists and lakehouse and conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION:
         return  # nothing to create: no write, so no commit to race the other runs with
-    for attempt in transactions(conn):  # runs creating a new lakehouse at once: the losers find its tables
+    # runs creating a new lakehouse at once: the losers find its tables
+    for attempt in transactions(conn, claim=False):
         with attempt:
             _create_or_upgrade(conn, lakehouse)
 
@@ -403,6 +417,10 @@ def _create_or_upgrade(conn: duckdb.DuckDBPyConnection, lakehouse: bool) -> None
                         "re-materialise its days (a backfill) to refill it")
     if lakehouse:  # DuckLake has no keys: every write here replaces by DELETE then INSERT, keyed or not
         conn.execute(_WITHOUT_KEYS.sub(r"\1", SCHEMA).replace(" PRIMARY KEY", ""))
+        # the row every write transaction replaces (transactions): never empty, so its DELETE always counts
+        conn.execute("CREATE TABLE IF NOT EXISTS write_claim (claimed_at TIMESTAMP NOT NULL)")
+        if not conn.execute("SELECT count(*) FROM write_claim").fetchone()[0]:
+            conn.execute("INSERT INTO write_claim VALUES (now())")
         if not has_tables:
             for table in PARTITIONED_BY_DAY:
                 conn.execute(f"ALTER TABLE {table} SET PARTITIONED BY (day)")
@@ -441,24 +459,32 @@ def is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
 
 
-def transactions(conn: duckdb.DuckDBPyConnection, attempts: int = 12) -> Iterator:
+def transactions(conn: duckdb.DuckDBPyConnection, attempts: int = 12, claim: bool = True) -> Iterator:
     """Attempts at one all-or-nothing transaction, for `for attempt in transactions(conn): with attempt: ...`.
 
-    The body runs again from its start, on the newest snapshot, when its commit conflicts with another run's
-    (lakehouse only; waits grow at random up to 10 s). Any other error rolls back and is raised, as is the
-    conflict after `attempts` tries."""
+    On the lakehouse every such transaction also replaces the one row of `write_claim` (`claim`): DuckLake
+    refuses to commit an insert into a table that a concurrent transaction deleted from, so of two transactions
+    that overlap, whatever they write, one commits and the other conflicts. Without it, two runs writing the
+    same new day would both commit (their DELETE of the day found nothing to conflict on) and store it twice.
+    The body then runs again from its start, on the newest snapshot (waits grow at random up to 10 s), and
+    finds what the other wrote. Any other error rolls back and is raised, as is the conflict after `attempts`
+    tries. A DuckDB file has one writer: one attempt, no claim."""
+    lakehouse = claim and conn.execute("SELECT current_database() = 'warehouse'").fetchone()[0]
     for attempt in Retrying(stop=stop_after_attempt(attempts), wait=wait_random_exponential(multiplier=0.2, max=10),
                             retry=retry_if_exception(is_conflict), reraise=True):
-        yield _attempt(attempt, conn)
+        yield _attempt(attempt, conn, lakehouse)
 
 
 @contextmanager
-def _attempt(attempt, conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+def _attempt(attempt, conn: duckdb.DuckDBPyConnection, claim: bool) -> Iterator[duckdb.DuckDBPyConnection]:
     with attempt:  # tenacity's: keeps a conflict for the next try, raises anything else
         if attempt.retry_state.attempt_number > 1:
             log.info(f"lakehouse commit conflicted with another run's: trying again "
                      f"(attempt {attempt.retry_state.attempt_number})")
         with transaction(conn):
+            if claim:
+                conn.execute("DELETE FROM write_claim")
+                conn.execute("INSERT INTO write_claim VALUES (now())")
             yield conn
 
 
@@ -473,7 +499,10 @@ def replace_partition(conn: duckdb.DuckDBPyConnection, table: str, day: date, se
         # By name: a column added by an upgrade sits at the table's end (ADDED_IN_VERSION)
         conn.execute(f"INSERT INTO {table} BY NAME {select_sql}", {"day": day, **(params or {})} if "$" in select_sql else [])
     finally:
-        conn.execute("RESET preserve_insertion_order")
+        try:
+            conn.execute("RESET preserve_insertion_order")
+        except duckdb.TransactionException:
+            pass  # the insert failed and aborted the transaction: its own error is the one to raise
     mark_written(conn, table, day)
     return conn.execute(f"SELECT count(*) FROM {table} WHERE day = ?", [day]).fetchone()[0]
 

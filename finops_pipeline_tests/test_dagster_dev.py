@@ -257,7 +257,6 @@ def test_a_30_day_backfill_into_the_lakehouse_writes_days_at_once(tmp_path, lake
             e.dagster_event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE")) and e.step_key in ASSETS]
         at_once = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
         assert len(spans) == len(DAYS) * len(ASSETS) and at_once >= 2, at_once
-        print(f"warehouse steps at once, at most: {at_once}")
         with connect(Warehouse(database=lakehouse["warehouse"], data_path=lakehouse["warehouse_data_path"])) as conn:
             assert_warehouse_totals(conn, DAYS)
         assert not (home / "finops.duckdb").exists()

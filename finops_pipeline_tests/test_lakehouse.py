@@ -15,7 +15,7 @@ from finops_pipeline.demo.budgets_file import write_demo_budgets
 from finops_pipeline.demo.business_files import write_business_files
 from finops_pipeline.demo.sample_data import write_sample
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.warehouse import SCHEMA, Warehouse, connect, replace_partition, transactions
+from finops_pipeline.warehouse import SCHEMA, LakehouseError, Warehouse, connect, replace_partition, transactions
 from finops_pipeline_tests.conftest import materialize_day, replace_settings
 
 DAYS = [date(2026, 11, 2) + timedelta(days=n) for n in range(3)]
@@ -90,6 +90,28 @@ def test_a_commit_that_conflicts_with_another_runs_is_tried_again_on_the_new_sna
             ("allocated_costs", day1), ("allocated_costs", day2)]
 
 
+def test_two_runs_writing_the_same_new_day_at_once_store_it_once(tmp_path, lakehouse):
+    """The schedule's run of a day and a backfill's: the DELETE of a day not yet written finds nothing for
+    DuckLake to see a conflict in; the claim each transaction makes (warehouse.transactions) gives it one."""
+    settings = replace_settings(FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path / "finops")}), **lakehouse)
+    day = DAYS[0]
+    rows = "SELECT $day AS day, 'run-' || $run AS source, $day AS file, NULL AS line, 'obs-' || i AS observation_id, " \
+           "'duplicate' AS reason FROM range(100) t(i)"
+    with connect(warehouse(settings)) as run_a, connect(warehouse(settings)) as run_b:
+        bodies = 0
+        for attempt in transactions(run_a):
+            with attempt:
+                bodies += 1
+                replace_partition(run_a, "quarantine", day, rows, {"run": "a"})
+                if bodies == 1:  # the other run writes the same day, and commits first
+                    for other in transactions(run_b):
+                        with other:
+                            replace_partition(run_b, "quarantine", day, rows, {"run": "b"})
+        assert bodies == 2
+        assert run_a.execute("SELECT source, count(*) FROM quarantine GROUP BY ALL").fetchall() == [("run-a", 100)]
+        assert run_a.execute("SELECT count(*) FROM materialized_days WHERE asset = 'quarantine'").fetchone()[0] == 1
+
+
 def test_a_failed_transaction_leaves_the_lakehouse_as_it_was(tmp_path, lakehouse):
     settings = replace_settings(FinopsSettings.from_env({"FINOPS_HOME": str(tmp_path / "finops")}), **lakehouse)
     with connect(warehouse(settings)) as conn:
@@ -117,12 +139,24 @@ def test_runs_opening_a_new_lakehouse_at_once_all_find_its_tables(lakehouse):
     with connect(Warehouse(database=lakehouse["warehouse"], data_path=lakehouse["warehouse_data_path"])) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
         tables = {t for (t,) in conn.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'warehouse'").fetchall()}
-    assert tables == {"schema_version", *re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)}
+    assert tables == {"schema_version", "write_claim", *re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)}
+
+
+def test_a_data_path_that_cannot_be_written_fails_the_first_open_and_the_catalog_does_not_keep_it(lakehouse):
+    """A typo in the bucket would pass every small write (DuckLake keeps those in the catalog) and tie the new
+    catalog to the wrong path; it is tried first."""
+    wrong = Warehouse(database=lakehouse["warehouse"], data_path="s3://no-such-bucket/finops/")
+    with pytest.raises(LakehouseError, match="s3://no-such-bucket/finops/.*(NoSuchBucket|Not Found)"):
+        with connect(wrong):
+            pass
+    with connect(Warehouse(database=lakehouse["warehouse"], data_path=lakehouse["warehouse_data_path"])) as conn:
+        assert conn.execute("SELECT count(*) FROM langfuse_generations").fetchone() == (0,)
 
 
 @pytest.mark.parametrize("value", ["ducklake:postgres:host=db dbname=finops password=hunter2",
                                    "ducklake:postgres:postgresql://finops:hunter2@db/finops",
-                                   "postgres://finops:hunter2@db/finops"])
+                                   "postgres://finops:hunter2@db/finops",
+                                   "ducklake:postgres:postgresql://finops@db/finops?sslmode=require&password=hunter2"])
 def test_a_password_in_the_warehouse_setting_is_refused_without_repeating_it(value):
     with pytest.raises(ValueError, match="FINOPS_WAREHOUSE") as raised:
         FinopsSettings.from_env({"FINOPS_HOME": "/tmp/x", "FINOPS_WAREHOUSE": value})

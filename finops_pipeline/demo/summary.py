@@ -85,7 +85,9 @@ def print_summary(conn: duckdb.DuckDBPyConnection, days: list[date], checks: dic
     print(f"\nFinout files: {Path(settings.finout_dir) / file_name(days[0], settings.finout_object_name).replace(days[0].isoformat(), '*')}"
           + (f" (and {settings.finout_s3_uri})" if settings.finout_s3_uri else ""))
     print(f"FOCUS files:  {Path(settings.focus_dir)}/focus-*.csv")
-    print(f"Warehouse:    {settings.duckdb_path}  (tables langfuse_generations, allocated_costs, provider_costs, "
+    where = (f"the lakehouse {settings.warehouse} ({settings.warehouse_data_path or 'its data path'})"
+             if settings.warehouse else settings.duckdb_path)
+    print(f"Warehouse:    {where}  (tables langfuse_generations, allocated_costs, provider_costs, "
           "cost_reconciliation, quarantine)")
     print("Runs, checks and plots: `make dev`, then http://localhost:3000")
 
