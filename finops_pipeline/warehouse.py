@@ -269,7 +269,10 @@ def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
             _upgrade(conn)
             yield conn
         finally:
-            conn.execute("DETACH DATABASE IF EXISTS scratch")  # a read's scratch tables (sources/): freed, as a file's are
+            try:  # a read's scratch tables (sources/) are freed, as a file's are when its connection closes
+                conn.execute("DETACH DATABASE IF EXISTS scratch")
+            except duckdb.Error as exc:  # never raised over the error that ended the block
+                log.warning(f"could not free the scratch tables: {exc}")
             conn.close()
         return
     Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
