@@ -38,9 +38,10 @@ lakehouse: .venv-lakehouse/.synced
 	$(UV) pip install --python $(PY) --target .venv/langfuse4 --no-deps --require-hashes -r finops_pipeline_tests/langfuse4.txt
 	touch $@
 
+# Copied then renamed: two targets started at once on a new FINOPS_HOME must not trip on each other's copy.
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	cp dagster.yaml $@.$$$$ && mv -f $@.$$$$ $@
 
 demo: $(RUN_ENV)/.synced $(DAGSTER_HOME)/dagster.yaml
 	$(RUN_ENV)/bin/python -m finops_pipeline.demo

@@ -81,17 +81,31 @@ def was_staged(conn: duckdb.DuckDBPyConnection, day: date) -> bool:
     return conn.execute("SELECT count(*) FROM staged_inputs WHERE day = ?", [day]).fetchone()[0] > 0
 
 
-def record(conn: duckdb.DuckDBPyConnection, day: date, fingerprint: str, completeness: dg.AssetCheckResult) -> None:
-    """Remember the day's inputs and what proved them whole (the staging transaction forgot the old ones); a day
-    not proven whole stays forgotten (read again)."""
-    if completeness.passed:
-        result = {"severity": completeness.severity.value, "description": completeness.description,
-                  "metadata": {k: getattr(v, "value", v) for k, v in completeness.metadata.items()
-                               if isinstance(getattr(v, "value", v), (int, float, str, bool))}}
-        for attempt in transactions(conn):
-            with attempt:
+def staging_of(conn: duckdb.DuckDBPyConnection, day: date):
+    """When the day's staged rows were written (`materialized_days`): which staging they are."""
+    row = conn.execute("SELECT max(written_at) FROM materialized_days WHERE asset = 'langfuse_generations' "
+                       "AND day = ?", [day]).fetchone()
+    return row[0]
+
+
+def record(conn: duckdb.DuckDBPyConnection, day: date, fingerprint: str, completeness: dg.AssetCheckResult,
+           staged: object) -> bool:
+    """Remember the day's inputs and what proved them whole (the staging transaction forgot the old ones), if
+    the day's rows are still those of this run's staging (`staged`, from `staging_of` after it): on a lakehouse
+    another run may have staged the day since, from other files. A day not proven whole, or staged again by
+    another run, stays forgotten (read again next time). True when recorded."""
+    if not completeness.passed:
+        return False
+    result = {"severity": completeness.severity.value, "description": completeness.description,
+              "metadata": {k: getattr(v, "value", v) for k, v in completeness.metadata.items()
+                           if isinstance(getattr(v, "value", v), (int, float, str, bool))}}
+    for attempt in transactions(conn):
+        with attempt:
+            recorded = staging_of(conn, day) == staged
+            if recorded:
                 conn.execute("DELETE FROM staged_inputs WHERE day = ?", [day])
                 conn.execute("INSERT INTO staged_inputs VALUES (?, ?, now(), ?)", [day, fingerprint, json.dumps(result)])
+    return recorded
 
 
 def completeness_then(check_name: str, staged: Staged) -> dg.AssetCheckResult:

@@ -184,3 +184,27 @@ def test_from_the_api_the_same_totals_are_not_read_again_and_late_rows_are(setti
         assert materialization_metadata(arrived, "langfuse_generations")["inputs_unchanged"] is False
         assert query(settings, "SELECT count(*) FROM langfuse_generations") == [(21,)]
         assert not double.contract_errors
+
+
+def test_inputs_are_not_recorded_for_rows_another_run_staged_since(settings):
+    """Two runs of a day on a lakehouse, from different files: B stages, A stages (A's rows stand), B records
+    its fingerprint. B's fingerprint must not vouch for A's rows, or the day would never be read again."""
+    from finops_pipeline.warehouse import connect, mark_written, transactions
+
+    cover_day(settings)
+    assert materialize_day(settings, selection=["langfuse_generations"]).success
+    complete = dg.AssetCheckResult(check_name="extraction_complete", passed=True, description="24 of 24 files")
+    with connect(build_resources(settings)["duckdb"]) as conn:
+        for attempt in transactions(conn):  # run B's staging
+            with attempt:
+                conn.execute("DELETE FROM staged_inputs")
+                mark_written(conn, "langfuse_generations", DAY)
+                b_staged = staged_inputs.staging_of(conn, DAY)
+        for attempt in transactions(conn):  # run A's, committed before B records
+            with attempt:
+                mark_written(conn, "langfuse_generations", DAY)
+        assert not staged_inputs.record(conn, DAY, "fingerprint of B's files", complete, b_staged)
+        assert conn.execute("SELECT count(*) FROM staged_inputs").fetchone() == (0,)  # read again next time
+        a_staged = staged_inputs.staging_of(conn, DAY)
+        assert staged_inputs.record(conn, DAY, "fingerprint of A's files", complete, a_staged)
+        assert conn.execute("SELECT fingerprint FROM staged_inputs").fetchall() == [("fingerprint of A's files",)]

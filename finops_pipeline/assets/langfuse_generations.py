@@ -20,7 +20,7 @@ from finops_pipeline.resources import LangfuseApiResource
 from finops_pipeline.retention import retire_staged_days, unretire
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline.staged_inputs import (
-    Staged, api_fingerprint, completeness_then, export_fingerprint, record, unchanged_since, was_staged,
+    Staged, api_fingerprint, completeness_then, export_fingerprint, record, staging_of, unchanged_since, was_staged,
 )
 from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition, transactions
 
@@ -91,6 +91,7 @@ def langfuse_generations(
                 unretire(conn, day)
                 # the inputs these rows came from are recorded once proven whole; until then, none (read again)
                 conn.execute("DELETE FROM staged_inputs WHERE day = ?", [day])
+                staged_at = staging_of(conn, day)  # this staging's own stamp, read in its transaction
         stats = generation_stats(conn, day, settings.allocation_keys)
         quarantined = conn.execute("SELECT count(*) FROM day_quarantine").fetchone()[0]
         quarantine_sample = conn.execute(
@@ -99,7 +100,7 @@ def langfuse_generations(
         if langfuse.configured:  # what the server counted, as the read found it (proven equal when complete)
             fingerprint = api_fingerprint(extraction.api_totals, settings) if extraction.api_totals else None
         if fingerprint:
-            record(conn, day, fingerprint, complete)
+            record(conn, day, fingerprint, complete, staged_at)
         retired = _retention(context, conn, settings, day)
         by_project = conn.execute(
             "SELECT project_id, count(*), sum(cost_usd) FROM langfuse_generations WHERE day = ? GROUP BY ALL",

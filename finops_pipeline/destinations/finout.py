@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -95,7 +96,8 @@ def write_day_csv(conn: duckdb.DuckDBPyConnection, select_sql: str, params: dict
     previous good file (and a reader never sees half a file).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    # a name of this write's own: two runs delivering the same day (a lakehouse's) must not share it
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     try:
         rows = conn.execute(f"COPY ({select_sql}) TO '{_sql_path(partial)}' (FORMAT csv, HEADER true)",
                             params).fetchall()[0][0]
