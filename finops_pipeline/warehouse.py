@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -261,28 +261,32 @@ class Warehouse(DuckDBResource):
 @contextmanager
 def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the warehouse, created with its tables on first use. Times are UTC."""
-    if isinstance(resource, Warehouse) and resource.is_lakehouse:
-        conn = _lakehouse(resource).cursor()  # a connection of its own: its own transaction and temp tables
-        try:
+    with ExitStack() as closing:
+        if isinstance(resource, Warehouse) and resource.is_lakehouse:
+            conn = _lakehouse(resource).cursor()  # a connection of its own: its own transaction and temp tables
+            closing.callback(_release, conn)
             conn.execute("USE warehouse")
-            conn.execute("SET TimeZone = 'UTC'")
-            _upgrade(conn)
-            yield conn
-        finally:
-            try:  # a read's scratch tables (sources/) are freed, as a file's are when its connection closes
-                conn.execute("DETACH DATABASE IF EXISTS scratch")
-            except duckdb.Error as exc:  # never raised over the error that ended the block
-                log.warning(f"could not free the scratch tables: {exc}")
-            conn.close()
-        return
-    Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
-    with resource.get_connection() as conn:
-        try:
-            conn.execute("SET TimeZone = 'UTC'")
-            _upgrade(conn)
-            yield conn
-        finally:  # the resource closes it only when the block ends without an error
-            conn.close()
+        else:
+            Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
+            conn = closing.enter_context(resource.get_connection())
+            closing.callback(conn.close)  # the resource closes it only when the block ends without an error
+        conn.execute("SET TimeZone = 'UTC'")
+        _upgrade(conn)
+        yield conn
+
+
+def _release(conn: duckdb.DuckDBPyConnection) -> None:
+    """Close a step's lakehouse connection, freeing a read's scratch tables (sources/) as a file's connection
+    frees them when it closes; never raised over the error that ended the step."""
+    try:
+        conn.execute("DETACH DATABASE IF EXISTS scratch")
+    except duckdb.Error as exc:
+        log.warning(f"could not free the scratch tables: {exc}")
+    conn.close()
+
+
+def _in_lakehouse(conn: duckdb.DuckDBPyConnection) -> bool:
+    return conn.execute("SELECT current_database() = 'warehouse'").fetchone()[0]
 
 
 class LakehouseError(RuntimeError):
@@ -390,7 +394,7 @@ def utc_cursor(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 
 
 def _upgrade(conn: duckdb.DuckDBPyConnection) -> None:
-    lakehouse = conn.execute("SELECT current_database() = 'warehouse'").fetchone()[0]
+    lakehouse = _in_lakehouse(conn)
     [(exists,)] = conn.execute("SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = current_database() "
                                "AND table_name = 'write_claim'").fetchall()
     if exists and lakehouse and conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION:
@@ -472,7 +476,7 @@ def transactions(conn: duckdb.DuckDBPyConnection, attempts: int = 12, claim: boo
     The body then runs again from its start, on the newest snapshot (waits grow at random up to 10 s), and
     finds what the other wrote. Any other error rolls back and is raised, as is the conflict after `attempts`
     tries. A DuckDB file has one writer: one attempt, no claim."""
-    lakehouse = claim and conn.execute("SELECT current_database() = 'warehouse'").fetchone()[0]
+    lakehouse = claim and _in_lakehouse(conn)
     for attempt in Retrying(stop=stop_after_attempt(attempts), wait=wait_random_exponential(multiplier=0.2, max=10),
                             retry=retry_if_exception(is_conflict), reraise=True):
         yield _attempt(attempt, conn, lakehouse)
