@@ -173,10 +173,12 @@ def cover_day(settings: FinopsSettings, rows_by_hour: dict[int, list[dict]] | No
                           start + timedelta(hours=hour + 1), (rows_by_hour or {}).get(hour, []), ext)
 
 
-def write_openai_bill(billing_dir: Path, day: date, line_items: dict[str, float], pages: int = 1) -> None:
+def write_openai_bill(billing_dir: Path, day: date, line_items: dict[str, float], pages: int = 1,
+                      projects: dict[str, str] | None = None) -> None:
+    """`projects`: the project of a line item, where not `proj_1`."""
     start = int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp())
     results = [{"object": "organization.costs.result", "amount": {"value": v, "currency": "usd"},
-                "line_item": k, "project_id": "proj_1"} for k, v in line_items.items()]
+                "line_item": k, "project_id": (projects or {}).get(k, "proj_1")} for k, v in line_items.items()]
     folder = billing_dir / "openai" / day.isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     size = max(1, -(-len(results) // pages))

@@ -7,7 +7,7 @@ import json
 import re
 import socket
 import threading
-from datetime import datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,6 +16,8 @@ import dagster as dg
 import pytest
 import httpx
 
+from finops_pipeline import pricing
+from finops_pipeline.demo.sample_data import write_sample
 from finops_pipeline.destinations.focus import CUSTOM_COLUMNS, FOCUS_COLUMNS
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline_tests.conftest import (
@@ -31,6 +33,7 @@ from finops_pipeline_tests.conftest import (
     write_anthropic_bill,
     write_openai_bill,
 )
+from finops_pipeline_tests.focus_rules import focus_violations
 
 KEY = "llm/llm-costs-2026-11-21.csv"
 
@@ -263,9 +266,9 @@ def test_odd_values_survive_a_csv_round_trip_unchanged_in_meaning(settings):
     assert deliver(settings, day_rows).success
     finout = read_csv(Path(settings.finout_dir) / "llm-costs-2026-11-21.csv")
     focus = read_csv(Path(settings.focus_dir) / "focus-2026-11-21.csv")
-    assert len(finout) == len(focus) == len(ODD_VALUES)
-    for delivered in ([r["feature"] for r in finout], [r["x_Feature"] for r in focus],
-                      [json.loads(r["Tags"])["feature"] for r in focus]):
+    assert len(finout) == len(ODD_VALUES) and len(focus) == 2 * len(ODD_VALUES)  # input and output tokens
+    for delivered in ([r["feature"] for r in finout], {r["x_Feature"] for r in focus},
+                      {json.loads(r["Tags"])["feature"] for r in focus}):
         assert sorted(spreadsheet_meaning(v) for v in delivered) == sorted(ODD_VALUES)
     # no cell a spreadsheet would run as a formula
     assert not [r["feature"] for r in finout if re.match(r"^[=+\-@\t\r]", r["feature"])]
@@ -298,7 +301,7 @@ def test_only_the_configured_dimensions_leave_and_identifiers_can_be_hashed(sett
     [digest] = customers - {"unallocated"}
     assert re.fullmatch(r"h_[0-9a-f]{20}", digest) and "unallocated" in customers  # one customer, one hash
     focus_tags = [json.loads(r["Tags"]) for r in read_csv(Path(hashed.focus_dir) / "focus-2026-11-21.csv")]
-    assert {t["customer_id"] for t in focus_tags} == customers
+    assert {t.get("customer_id") for t in focus_tags} == {digest, None}  # unallocated: no tag
     files = path.read_text() + (Path(hashed.focus_dir) / "focus-2026-11-21.csv").read_text()
     assert "acme" not in files and "do not share" not in files
     events = "".join(str(e) for e in result.all_events)
@@ -306,97 +309,136 @@ def test_only_the_configured_dimensions_leave_and_identifiers_can_be_hashed(sett
 
 
 # --- FOCUS 1.2 -----------------------------------------------------------------------------------
-MANDATORY = ["BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodStart",
-             "BillingPeriodEnd", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargePeriodStart",
-             "ChargePeriodEnd", "ContractedCost", "EffectiveCost", "InvoiceIssuerName", "ListCost",
-             "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "ServiceCategory", "ServiceName"]
-NULLABLE = {"BillingAccountName", "ChargeClass", "ChargeDescription", "PricingQuantity", "PricingUnit"}
-SERVICE_CATEGORIES = {"AI and Machine Learning", "Analytics", "Business Applications", "Compute", "Databases",
-                      "Developer Tools", "Multicloud", "Identity", "Integration", "Internet of Things",
-                      "Management and Governance", "Media", "Migration", "Mobile", "Networking", "Security",
-                      "Storage", "Web", "Other"}
-DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-DECIMAL = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
+def focus_file(settings, day=DAY) -> Path:
+    return Path(settings.focus_dir) / f"focus-{day.isoformat()}.csv"
 
 
-def focus_violations(path: Path) -> list[str]:
-    """The FOCUS 1.2 column rules (FOCUS_Spec v1.2, specification/columns) that this file breaks.
-    The FinOps Foundation's focus-validator on PyPI (1.0.0) knows FOCUS up to 1.0 only."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header, rows_ = reader.fieldnames, list(reader)
-    problems = [f"missing mandatory column {c}" for c in MANDATORY if c not in header]
-    custom = [c for c in header if c not in FOCUS_COLUMNS]
-    problems += [f"custom column {c} lacks the x_ prefix" for c in custom if not c.startswith("x_")]
-    if custom and header[-len(custom):] != custom:
-        problems.append("custom columns must come after the FOCUS columns")
-    for n, r in enumerate(rows_, start=2):
-        for c in MANDATORY:
-            if r[c] == "" and c not in NULLABLE:
-                problems.append(f"line {n}: {c} is null")
-        for c in ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost", "PricingQuantity", "ConsumedQuantity"):
-            if r[c] and not DECIMAL.match(r[c]):
-                problems.append(f"line {n}: {c} {r[c]!r} is not a decimal")
-        periods = {}
-        for c in ("BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd"):
-            if DATETIME.match(r[c]):
-                periods[c] = datetime.fromisoformat(r[c].replace("Z", "+00:00"))
-            else:
-                problems.append(f"line {n}: {c} {r[c]!r} is not YYYY-MM-DDTHH:mm:ssZ")
-        if len(periods) == 4:
-            start, end = periods["ChargePeriodStart"], periods["ChargePeriodEnd"]
-            if end - start != timedelta(days=1):
-                problems.append(f"line {n}: the charge period is not the day (end exclusive)")
-            if not periods["BillingPeriodStart"] <= start < end <= periods["BillingPeriodEnd"]:
-                problems.append(f"line {n}: the charge period is outside the billing period")
-        if r["ChargeCategory"] not in {"Usage", "Purchase", "Tax", "Credit", "Adjustment"}:
-            problems.append(f"line {n}: ChargeCategory {r['ChargeCategory']!r}")
-        if r["ChargeClass"] not in {"", "Correction"}:
-            problems.append(f"line {n}: ChargeClass {r['ChargeClass']!r}")
-        if r["ServiceCategory"] not in SERVICE_CATEGORIES:
-            problems.append(f"line {n}: ServiceCategory {r['ServiceCategory']!r}")
-        if r["BillingCurrency"] != "USD":
-            problems.append(f"line {n}: BillingCurrency {r['BillingCurrency']!r}")
-        if (r["PricingQuantity"] == "") != (r["PricingUnit"] == ""):
-            problems.append(f"line {n}: PricingUnit must be null exactly when PricingQuantity is")
-        if r["ChargeCategory"] == "Usage" and r["ChargeClass"] != "Correction" and r["PricingQuantity"] == "":
-            problems.append(f"line {n}: Usage needs a PricingQuantity")
-        if r.get("ConsumedQuantity") and r["ChargeCategory"] != "Usage":
-            problems.append(f"line {n}: ConsumedQuantity outside Usage")
-        if r.get("ChargeFrequency") not in {None, "One-Time", "Recurring", "Usage-Based"}:
-            problems.append(f"line {n}: ChargeFrequency {r['ChargeFrequency']!r}")
-        try:
-            tags = json.loads(r["Tags"])
-            if not isinstance(tags, dict) or any(isinstance(v, (dict, list)) for v in tags.values()):
-                problems.append(f"line {n}: Tags must be a JSON object of scalar values")
-        except ValueError:
-            problems.append(f"line {n}: Tags is not JSON")
-    return problems
+def finout_total(settings, day=DAY) -> Decimal:
+    return sum(Decimal(r["Cost"]) for r in read_csv(Path(settings.finout_dir) / f"llm-costs-{day.isoformat()}.csv"))
 
 
-def test_focus_file_follows_the_focus_1_2_column_rules(settings, settled):
-    billing = Path(settings.billing_dir)
-    write_openai_bill(billing, DAY, {"gpt-4o-2024-08-06, input": 0.03, "gpt-4.1-nano-2025-04-14, input": 2.0})
-    write_anthropic_bill(billing, DAY, {"claude-sonnet-4-20250514": "300"})
-    cover_day(settings, {9: rows({"chat": 0.01, "search": 0.02}) + rows({"code": 3.0}, model="claude-sonnet-4-20250514")})
-    result = materialize_day(settings, cost_basis="invoice")
-    assert failed_on_checks(result) == {"cost_reconciliation"}  # $2 billed and never traced: delivered all the same
-    path = Path(settings.focus_dir) / "focus-2026-11-21.csv"
+def test_focus_rows_are_one_per_model_and_token_kind_at_the_list_price(settings):
+    keys = {"team": "t", "customer_id": "acme", "tier": "pro"}
+    cover_day(settings, {9: [
+        generation("a", "2026-11-21 09:00:00", model="gpt-4o-2024-08-06", cost=0.004,
+                   usage={"input": 1000, "input_cached_tokens": 400, "output": 200}, metadata={"feature": "chat", **keys}),
+        generation("b", "2026-11-21 09:01:00", model="o4-mini-2025-04-16", cost=0.002,
+                   usage={"input": 500, "output": 100, "output_reasoning_tokens": 300}, metadata={"feature": "chat", **keys}),
+        # a custom model Langfuse priced and the price table does not list: no list price to split by
+        generation("c", "2026-11-21 09:02:00", model="acme-ft-v1", cost=0.5, usage={"input": 3000, "output": 1000},
+                   metadata={"feature": "chat", **keys}),
+        generation("d", "2026-11-21 09:03:00", model="gpt-4o-2024-08-06", cost=0.02, usage={},
+                   metadata={"feature": "speech", **keys}),
+        generation("e", "2026-11-21 09:04:00", model="gpt-4o-2024-08-06", cost=0.001, usage={"input": 100, "output": 10},
+                   metadata={"team": "t", "tier": "pro"}),  # no feature, no customer
+    ]})
+    result = materialize_day(settings, selection=["langfuse_generations", "allocated_costs", "finout_upload", "focus_export"])
+    assert result.success
+    path = focus_file(settings)
     assert focus_violations(path) == []
     focus = read_csv(path)
     assert list(focus[0]) == FOCUS_COLUMNS + CUSTOM_COLUMNS
-    by_model = {r["x_Model"]: r for r in focus}
-    claude = by_model["claude-sonnet-4-20250514"]
-    assert (claude["ServiceCategory"], claude["ServiceSubcategory"], claude["ChargeCategory"]) == (
-        "AI and Machine Learning", "Generative AI", "Usage")
-    assert (claude["ConsumedQuantity"], claude["ConsumedUnit"], claude["ProviderName"]) == ("120", "Tokens", "anthropic")
-    assert (claude["ChargePeriodStart"], claude["ChargePeriodEnd"]) == ("2026-11-21T00:00:00Z", "2026-11-22T00:00:00Z")
-    assert (claude["BillingPeriodStart"], claude["BillingPeriodEnd"]) == ("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z")
-    assert json.loads(claude["Tags"]) == {"feature": "code", "customer_id": "acme", "team": "t",
-                                          "environment": "production", "tier": "pro"}
-    assert by_model["gpt-4.1-nano"]["x_CostSource"] == "invoice"
-    assert sum(Decimal(r["BilledCost"]) for r in focus) == usd("5.03")  # the two bills, exactly
+    assert sum(Decimal(r["BilledCost"]) for r in focus) == finout_total(settings) == usd("0.527")
+    assert sum(int(r["x_Calls"]) for r in focus) == 5  # counted once, on each row's costliest kind
+
+    # gpt-4o: one row per token kind, at the price table's price per million tokens
+    gpt = {r["SkuId"]: r for r in focus if r["x_Model"] == "gpt-4o-2024-08-06" and r["x_Feature"] == "chat"}
+    assert set(gpt) == {"gpt-4o/input", "gpt-4o/cached-input", "gpt-4o/output"}
+    rates = pricing.rates("gpt-4o-2024-08-06", DAY, "openai")
+    for sku, unit, tokens in [("gpt-4o/input", "input_tokens", 1000), ("gpt-4o/cached-input", "cache_read_tokens", 400),
+                              ("gpt-4o/output", "output_tokens", 200)]:
+        row = gpt[sku]
+        assert Decimal(row["ListUnitPrice"]) == rates.rate(unit) * 1_000_000
+        assert (row["PricingUnit"], Decimal(row["PricingQuantity"])) == ("1000000 Tokens", Decimal(tokens) / 1_000_000)
+        assert (row["ConsumedUnit"], row["ConsumedQuantity"]) == ("Tokens", f"{tokens}.0")
+        assert row["SkuPriceId"] == f"{sku}:{Decimal(row['ListUnitPrice']).normalize():f}"
+        assert (row["ChargeCategory"], row["x_ListPriceSource"], row["ProviderName"]) == ("Usage", "genai-prices", "OpenAI")
+    assert Decimal(gpt["gpt-4o/input"]["ListUnitPrice"]) == Decimal("2.5")  # OpenAI's published $2.50 / 1M
+    # Langfuse's cost, split across the kinds in proportion to their list cost, summing to it exactly
+    assert sum(Decimal(r["BilledCost"]) for r in gpt.values()) == usd("0.004")
+    list_total = sum(Decimal(r["ListCost"]) for r in gpt.values())
+    for row in gpt.values():
+        assert abs(Decimal(row["BilledCost"]) - usd("0.004") * Decimal(row["ListCost"]) / list_total) < Decimal("1e-11")
+
+    # reasoning tokens are output tokens at the output price
+    o4 = {r["SkuMeter"]: r for r in focus if r["x_Model"] == "o4-mini-2025-04-16"}
+    assert set(o4) == {"Input Tokens", "Output Tokens"} and o4["Output Tokens"]["ConsumedQuantity"] == "400.0"
+
+    # no list price: one row of all the tokens, at the price Langfuse charged, said so
+    [custom] = [r for r in focus if r["x_Model"] == "acme-ft-v1"]
+    assert (custom["SkuId"], custom["SkuMeter"], custom["ConsumedQuantity"]) == ("acme-ft-v1/tokens", "Tokens", "4000.0")
+    assert (custom["x_ListPriceSource"], custom["BilledCost"]) == ("charged", "0.500000000000")
+    assert abs(Decimal(custom["ListCost"]) - usd("0.5")) < Decimal("1e-9") and ":charged:" in custom["SkuPriceId"]
+    assert "no list price known" in custom["ChargeDescription"]
+    # a cost without tokens: its requests
+    [speech] = [r for r in focus if r["x_Feature"] == "speech"]
+    assert (speech["SkuId"], speech["PricingUnit"], speech["PricingQuantity"], speech["ConsumedUnit"]) == (
+        "gpt-4o/requests", "Requests", "1.000000", "Requests")
+
+    # an allocation key that did not resolve is no tag, and no feature
+    [(tags, feature)] = {(r["Tags"], r["x_Feature"]) for r in focus if r["x_Model"] == "gpt-4o-2024-08-06"
+                         and "customer_id" not in json.loads(r["Tags"])}
+    assert json.loads(tags) == {"team": "t", "environment": "production", "tier": "pro"} and feature == ""
+    assert "unallocated" not in path.read_text()
+    # the langfuse basis reads no bill: which project spent is not known
+    assert {r["SubAccountId"] for r in focus} == {""} and {r["InvoiceId"] for r in focus} == {""}
+
+
+def test_focus_on_the_invoice_basis_carries_sub_accounts_and_untraced_spend_without_a_quantity(settings, settled):
+    billing = Path(settings.billing_dir)
+    write_openai_bill(billing, DAY, {
+        "gpt-4o-2024-08-06, input": 0.03, "gpt-4o-2024-08-06, output": 0.01,        # two projects
+        "gpt-4.1-mini-2025-04-14, input": 0.2,                                       # one project
+        "gpt-4.1-nano-2025-04-14, input": 2.0, "gpt-4.1-nano-2025-04-14, output": 0.5,  # never traced
+    }, projects={"gpt-4o-2024-08-06, output": "proj_2", "gpt-4.1-mini-2025-04-14, input": "proj_3",
+                 "gpt-4.1-nano-2025-04-14, output": "proj_2"})
+    write_anthropic_bill(billing, DAY, {"claude-sonnet-4-20250514": "300"})  # the default workspace
+    cover_day(settings, {9: rows({"chat": 0.01, "search": 0.02}) + rows({"code": 3.0}, model="claude-sonnet-4-20250514")
+                         + rows({"summarise": 0.1}, model="gpt-4.1-mini-2025-04-14")})
+    result = materialize_day(settings, cost_basis="invoice")
+    assert failed_on_checks(result) == {"cost_reconciliation"}  # $2.50 billed and never traced: delivered all the same
+    path = focus_file(settings)
     assert focus_violations(path) == [] and check_evaluation(result, "focus_cost_conserved").passed
+    focus = read_csv(path)
+    assert sum(Decimal(r["BilledCost"]) for r in focus) == finout_total(settings) == usd("5.74")  # the bills, exactly
+
+    # the bill's project where the model's bill is all in one; unknown (null) where it is not
+    projects = {(r["x_Model"], r["SubAccountId"], r["SubAccountName"]) for r in focus if r["ChargeCategory"] == "Usage"}
+    assert projects == {("gpt-4o", "", ""), ("gpt-4.1-mini-2025-04-14", "proj_3", "proj_3"),
+                        ("claude-sonnet-4-20250514", "", "")}
+    # spend no trace covers: an Adjustment per kind and project, its dollars and no quantity
+    adjustments = sorted((r["SkuId"], r["SubAccountId"], r["BilledCost"], r["ListCost"], r["PricingQuantity"],
+                          r["ConsumedQuantity"], r["ListUnitPrice"], r["Tags"], r["x_CostSource"])
+                         for r in focus if r["ChargeCategory"] == "Adjustment")
+    assert adjustments == [
+        ("gpt-4.1-nano/input", "proj_1", "2.000000000000", "2.000000000000000000", "", "", "", "{}", "invoice"),
+        ("gpt-4.1-nano/output", "proj_2", "0.500000000000", "0.500000000000000000", "", "", "", "{}", "invoice")]
+    claude = [r for r in focus if r["x_Model"] == "claude-sonnet-4-20250514"]
+    assert sum(Decimal(r["BilledCost"]) for r in claude) == usd("3.00")  # the bill, where the traces said $3
+    assert {r["ServiceName"] for r in claude} == {"Claude API"} and {r["x_Feature"] for r in claude} == {"code"}
+
+
+@pytest.mark.parametrize("basis", ["langfuse", "invoice"])
+def test_the_demos_focus_files_keep_the_focus_1_2_rules(tmp_path, basis):
+    home = tmp_path / "finops"
+    settings = FinopsSettings.from_env({"FINOPS_HOME": str(home)})
+    days = [date(2026, 11, 2) + timedelta(days=n) for n in range(4)]
+    sample = write_sample(home, days, 300, Path(settings.langfuse_export_dir), Path(settings.billing_dir))
+    for day in days:
+        materialize_day(settings, day, cost_basis=basis)
+    files = [focus_file(settings, day) for day in days]
+    assert focus_violations(files) == []
+    for day, path in zip(days, files):
+        focus = read_csv(path)
+        assert sum(Decimal(r["BilledCost"]) for r in focus) == finout_total(settings, day)
+        adjustments = [r for r in focus if r["ChargeCategory"] != "Usage"]
+        if basis == "invoice" and day == sample.overbilled_day:  # the model billed and never traced
+            assert {r["x_Model"] for r in adjustments} == {"gpt-4.1-nano"}
+            assert {(r["ChargeCategory"], r["PricingQuantity"], r["ConsumedQuantity"]) for r in adjustments} == {
+                ("Adjustment", "", "")}
+        else:
+            assert adjustments == []
+        assert {r["SkuMeter"] for r in focus} >= {"Input Tokens", "Cached Input Tokens", "Output Tokens"}
 
 
 def test_the_focus_rules_catch_a_broken_file(tmp_path):
@@ -405,22 +447,41 @@ def test_the_focus_rules_catch_a_broken_file(tmp_path):
         "BilledCost": "1.5", "BillingAccountId": "openai", "BillingCurrency": "USD", "ChargeFrequency": "Usage-Based",
         "BillingPeriodStart": "2026-11-01T00:00:00Z", "BillingPeriodEnd": "2026-12-01T00:00:00Z",
         "ChargeCategory": "Usage", "ChargePeriodStart": "2026-11-21T00:00:00Z", "ChargePeriodEnd": "2026-11-22T00:00:00Z",
-        "ContractedCost": "1.5", "EffectiveCost": "1.5", "InvoiceIssuerName": "openai", "ListCost": "1.5",
-        "PricingQuantity": "10", "PricingUnit": "Tokens", "ProviderName": "openai", "PublisherName": "openai",
-        "ServiceCategory": "AI and Machine Learning", "ServiceName": "OpenAI API", "Tags": "{}"}
+        "ContractedCost": "1.5", "EffectiveCost": "1.5", "InvoiceIssuerName": "OpenAI", "ListCost": "1.25",
+        "ListUnitPrice": "2.5", "PricingQuantity": "0.5", "PricingUnit": "1000000 Tokens", "ConsumedQuantity": "500000.0",
+        "ConsumedUnit": "Tokens", "ProviderName": "OpenAI", "PublisherName": "OpenAI",
+        "ServiceCategory": "AI and Machine Learning", "ServiceName": "OpenAI API", "SkuId": "gpt-4o/input",
+        "SkuMeter": "Input Tokens", "SkuPriceId": "gpt-4o/input:2.5", "SkuPriceDetails": '{"x_TokenKind": "Input Tokens"}',
+        "Tags": "{}"}
 
-    def violations(**changes) -> list[str]:
+    def violations(*changes: dict) -> list[str]:
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(good))
             writer.writeheader()
-            writer.writerow(good | changes)
-        return focus_violations(path)
+            for change in changes or ({},):
+                writer.writerow(good | change)
+        return [v.split(" focus.csv:")[0] for v in focus_violations(path)]
 
     assert violations() == []
-    assert violations(ServiceCategory="LLM") == ["line 2: ServiceCategory 'LLM'"]
-    assert violations(ChargePeriodEnd="2026-11-22 00:00:00") == [
-        "line 2: ChargePeriodEnd '2026-11-22 00:00:00' is not YYYY-MM-DDTHH:mm:ssZ"]
-    assert violations(PricingUnit="") == ["line 2: PricingUnit must be null exactly when PricingQuantity is"]
-    assert violations(Tags='{"a": {"b": 1}}') == ["line 2: Tags must be a JSON object of scalar values"]
-    assert violations(BilledCost="$1.50") == ["line 2: BilledCost '$1.50' is not a decimal"]
-
+    assert violations({"ServiceCategory": "LLM"}) == ["ServiceCategory-C-003-M"]
+    assert violations({"ChargePeriodEnd": "2026-11-22 00:00:00"}) == ["ChargePeriodEnd-C-002-M"]
+    assert violations({"PricingUnit": ""}) == ["PricingUnit-C-005-C/C-006-C"]
+    assert violations({"Tags": '{"a": {"b": 1}}'}) == ["Tags-C-001-M"]
+    assert violations({"BilledCost": "$1.50"}) == ["BilledCost-C-001-M"]
+    assert violations({"ConsumedQuantity": "500000"}) == ["ConsumedQuantity-C-001-M"]  # an integer is not a Decimal
+    assert violations({"ListCost": "1.2500001"}) == ["ListCost-C-009-C"]
+    assert violations({"ListUnitPrice": "", "ListCost": "1.5"}) == ["ListUnitPrice-C-005-C"]
+    assert violations({"PricingQuantity": "", "PricingUnit": ""}) == ["PricingQuantity-C-005-C"]
+    assert violations({"ConsumedQuantity": "", "ConsumedUnit": ""}) == ["ConsumedQuantity-C-006-C"]
+    assert violations({"SkuId": "", "SkuMeter": ""}) == ["SkuId-C-005-C"]
+    assert violations({"SkuPriceId": "", "SkuPriceDetails": ""}) == ["SkuPriceId-C-005-C"]
+    assert violations({"SkuPriceDetails": '{"TokenKind": "Input"}'}) == ["SkuPriceDetails-C-017-C"]
+    assert violations({"SubAccountId": "proj_1"}) == ["SubAccountName-C-004-C/C-005-C"]
+    assert violations({}, {"SkuId": "gpt-4o/output"}) == ["SkuPriceId-C-008-M: gpt-4o/input:2.5 has the parents "
+                                                          "['gpt-4o/input', 'gpt-4o/output']"]
+    adjustment = {"ChargeCategory": "Adjustment", "PricingQuantity": "", "PricingUnit": "", "ListUnitPrice": "",
+                  "SkuPriceId": "", "SkuPriceDetails": "", "ConsumedQuantity": "", "ConsumedUnit": "", "ListCost": "1.5"}
+    assert violations(adjustment) == []
+    assert violations(adjustment | {"ConsumedQuantity": "10.0", "ConsumedUnit": "Tokens"}) == ["ConsumedQuantity-C-004-C"]
+    assert violations(adjustment | {"ListCost": "0.0"}) == ["ListCost-C-008-C"]
+    assert violations({"InvoiceId": "inv_1"}) == []

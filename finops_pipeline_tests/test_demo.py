@@ -14,6 +14,7 @@ from finops_pipeline.demo.sample_data import WEEKEND_VOLUME, last_complete_days
 from finops_pipeline.destinations.finout import file_name
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline_tests.conftest import REPO, query
+from finops_pipeline_tests.focus_rules import focus_violations
 
 GAP = dg.AssetCheckKey(dg.AssetKey("cost_reconciliation"), "billed_vs_traced_gap")
 
@@ -121,7 +122,11 @@ def test_demo_reconciles_with_exactly_the_overbilled_day_failing_and_shows_the_c
     for day in days:
         [(delivered,)] = query(settings, "SELECT sum(Cost::DECIMAL(38,12)) FROM read_csv(?, header=true, all_varchar=true)",
                                [str(home / "finout" / file_name(day))])
-        assert delivered == staged[day]
+        [(focus,)] = query(settings, "SELECT sum(BilledCost::DECIMAL(38,12)) FROM read_csv(?, header=true, all_varchar=true)",
+                           [str(home / "focus" / f"focus-{day}.csv")])
+        assert delivered == staged[day] == focus
+    # The FOCUS files keep the FOCUS 1.2 rules, read as one dataset (a SKU price has one SKU across days).
+    assert focus_violations(sorted((home / "focus").iterdir())) == []
 
     # The sample's rough edges are visible, not dropped.
     assert query(settings, "SELECT count(*) FROM quarantine") == [(1,)]

@@ -23,6 +23,7 @@ from finops_pipeline_tests.conftest import (
     write_anthropic_bill,
     write_openai_bill,
 )
+from finops_pipeline_tests.focus_rules import focus_violations
 from finops_pipeline_tests.langfuse_double import LangfuseDouble, api_row
 
 CASES = Path(__file__).parent / "cases"
@@ -156,7 +157,7 @@ def test_each_kind_of_real_world_input_is_priced_attributed_and_allocated_right(
     write_openai_bill(Path(settings.billing_dir), day, {})
     write_anthropic_bill(Path(settings.billing_dir), day, {})
     result = materialize_day(settings, day, metadata_aliases={"accountId": "customer_id"},
-                             selection=["langfuse_generations", "allocated_costs", "finout_upload"])
+                             selection=["langfuse_generations", "allocated_costs", "finout_upload", "focus_export"])
     assert result.success
     columns = ["provider", "cost_source", "cost_usd", "input_tokens", "output_tokens", "cached_tokens",
                "cache_write_tokens", "reasoning_tokens", "total_tokens", "unpriced_usage", "allocation", "start_time"]
@@ -183,5 +184,10 @@ def test_each_kind_of_real_world_input_is_priced_attributed_and_allocated_right(
     priced = sum(Decimal(k["expect"]["cost_usd"]) for k in KINDS["rows"] if k["expect"].get("cost_usd"))
     langfuse_only = sum(Decimal(str(k["cost"])) for k in KINDS["rows"] if k.get("cost") and "cost_usd" not in k["expect"])
     assert delivered == priced + langfuse_only
+    # every kind in the FOCUS file too: its rules kept, the same dollars
+    focus = Path(settings.focus_dir) / f"focus-{day}.csv"
+    assert focus_violations(focus) == []
+    assert query(settings, "SELECT sum(BilledCost::DECIMAL(38, 12)) FROM read_csv(?, all_varchar=true)",
+                 [str(focus)]) == [(delivered,)]
     unpriced = check_evaluation(result, "unpriced_generations")
     assert not unpriced.passed and "unsorted:weird_units 7" in unpriced.description

@@ -3,9 +3,12 @@
 `deliver_day` is shared with focus_export: write the file, check it sums to the day's cost, put it to S3.
 """
 
+from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
+from duckdb import DuckDBPyConnection
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.cost_basis import BillNotRead, delivered_and_expected, prepare_delivered
@@ -21,9 +24,11 @@ BILL_ASSETS = ["openai_costs", "anthropic_costs", "other_provider_costs"]
 
 def deliver_day(context: dg.AssetExecutionContext, duckdb: DuckDBResource, settings: FinopsSettings, basis: str,
                 rows_sql: str, cost_column: str, folder: Path, name: str, s3_uri: str | None,
-                check_name: str) -> dg.MaterializeResult:
-    """Write `rows_sql` over the day's delivered rows to `folder`/`name` (atomically), check that its
-    `cost_column` sums to the day's cost on `basis` to the last digit, and put the file to `s3_uri`/`name`."""
+                check_name: str, prepare: Callable[[DuckDBPyConnection, date], None] | None = None,
+                ) -> dg.MaterializeResult:
+    """Write `rows_sql` over the day's delivered rows (the temp table `delivered`, and whatever `prepare`
+    adds) to `folder`/`name` (atomically), check that its `cost_column` sums to the day's cost on `basis`
+    to the last digit, and put the file to `s3_uri`/`name`."""
     day = partition_day(context)
     path = folder / name
     with connect(duckdb) as conn:
@@ -31,6 +36,8 @@ def deliver_day(context: dg.AssetExecutionContext, duckdb: DuckDBResource, setti
             params = prepare_delivered(conn, day, basis, settings.allocation_keys, settings.billed_providers)
         except BillNotRead as exc:
             raise dg.Failure(str(exc)) from None
+        if prepare:
+            prepare(conn, day)
         delivery = write_day_csv(conn, rows_sql, {"salt": settings.hash_salt} if "$salt" in rows_sql else {}, path)
         quoted = str(path).replace("'", "''")
         delivered, expected = delivered_and_expected(

@@ -6,7 +6,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from finops_pipeline.assets.finout_upload import deliver_day, delivery_asset_args
-from finops_pipeline.destinations.focus import focus_rows_sql
+from finops_pipeline.destinations.focus import focus_rows_sql, prepare_focus
 from finops_pipeline.partitions import daily_check, partition_day
 from finops_pipeline.settings import FinopsSettings
 
@@ -20,9 +20,11 @@ def build_focus_export(basis: str) -> dg.AssetsDefinition:
         **delivery_asset_args(basis),
         description=(
             f"The day's LLM cost on the `{basis}` cost basis as a FOCUS 1.2 CSV (`$FINOPS_FOCUS_DIR/focus-YYYY-MM-DD.csv`, "
-            "and S3 with FINOPS_FOCUS_S3_URI): every mandatory column, ServiceCategory 'AI and Machine Learning', "
-            "ChargeCategory 'Usage', tokens as ConsumedQuantity, the allocation keys in Tags, model and feature as "
-            "x_ columns."
+            "and S3 with FINOPS_FOCUS_S3_URI), for a FinOps tool's FOCUS intake (not for Finout beside the Finout file): "
+            "one Usage row per allocation, model and token kind, with its SKU (SkuId `gpt-4o/input`), list unit price "
+            "per 1M tokens from genai-prices and ListCost; the allocation keys that resolved in Tags; spend a bill holds "
+            "and no trace covers as an Adjustment without a quantity; the OpenAI project or Anthropic workspace as "
+            "SubAccountId where the bill says it."
         ),
         check_specs=[daily_check(
             FOCUS_CHECK, "focus_export", blocking=True,
@@ -33,6 +35,7 @@ def build_focus_export(basis: str) -> dg.AssetsDefinition:
         day = partition_day(context)
         return deliver_day(context, duckdb, settings, basis,
                            focus_rows_sql(settings.allocation_keys, settings.hashed_dimensions), "BilledCost",
-                           Path(settings.focus_dir), f"focus-{day.isoformat()}.csv", settings.focus_s3_uri, FOCUS_CHECK)
+                           Path(settings.focus_dir), f"focus-{day.isoformat()}.csv", settings.focus_s3_uri, FOCUS_CHECK,
+                           prepare=lambda conn, day: prepare_focus(conn, day, basis, settings.provider_map))
 
     return focus_export
