@@ -29,7 +29,7 @@ if COST_BASIS not in BASES:
     raise ValueError(f"FINOPS_COST_BASIS must be one of {', '.join(BASES)}, got {COST_BASIS!r}")
 
 _COLUMNS = """day, allocation, provider, model, calls, unpriced_calls, input_tokens, output_tokens, cached_tokens,
-              cache_write_tokens, reasoning_tokens, total_tokens, project_id"""
+              cache_write_tokens, reasoning_tokens, total_tokens, project_id, priced_usage"""
 
 
 def delivered_sql(basis: str, allocation_keys: list[str]) -> str:
@@ -67,7 +67,7 @@ def delivered_sql(basis: str, allocation_keys: list[str]) -> str:
         UNION ALL
         SELECT {_COLUMNS}, cost_usd, 'langfuse' AS source FROM traced ANTI JOIN billing USING (provider)
         UNION ALL
-        SELECT $day, {unattributed}, provider, model_key, 0, 0, 0, 0, 0, 0, 0, 0, NULL, billed, 'invoice'
+        SELECT $day, {unattributed}, provider, model_key, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, billed, 'invoice'
         FROM billed_models b
         WHERE billed <> 0 AND NOT EXISTS (
             SELECT 1 FROM traced_models t WHERE t.provider = b.provider AND t.model_key = b.model_key AND t.traced > 0)

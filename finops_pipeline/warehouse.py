@@ -95,7 +95,9 @@ CREATE TABLE IF NOT EXISTS allocated_costs (
     reasoning_tokens   BIGINT NOT NULL,
     total_tokens       BIGINT NOT NULL,
     cost_usd           {MONEY} NOT NULL,     -- priced cost only; unpriced calls are counted above
-    project_id         VARCHAR               -- the Langfuse project the calls were traced in
+    project_id         VARCHAR,              -- the Langfuse project the calls were traced in
+    priced_usage       MAP(VARCHAR, BIGINT)  -- the priced calls' usage by genai-prices unit (input_tokens, ...,
+                                             -- input_audio_tokens, ...): what cost_usd paid for; NULL before v6
 );
 CREATE TABLE IF NOT EXISTS provider_costs (
     day         DATE NOT NULL,
@@ -231,14 +233,15 @@ CREATE TABLE IF NOT EXISTS anomaly_alerts (  -- one alert per episode: consecuti
 """
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Tables emptied and recreated when a warehouse file of an older version is opened. Each is derived from
 # inputs that are still there (the bills, the staged generations): re-materialising its days refills it.
 REBUILT_IN_VERSION = {2: ("provider_costs", "cost_reconciliation")}  # 2: token kinds, three depths
 # Columns added to a table in place (NULL in the rows already there, until their days are re-materialised).
 ADDED_IN_VERSION = {3: [("langfuse_generations", "usage_other", "MAP(VARCHAR, BIGINT)"),  # 3: every usage unit
                         ("langfuse_generations", "unpriced_usage", "MAP(VARCHAR, BIGINT)")],
-                    4: [("allocated_costs", "project_id", "VARCHAR")]}  # 4: the Langfuse project, a dimension
+                    4: [("allocated_costs", "project_id", "VARCHAR")],  # 4: the Langfuse project, a dimension
+                    6: [("allocated_costs", "priced_usage", "MAP(VARCHAR, BIGINT)")]}  # 6: FOCUS SKUs per unit
 # 5: budgets and anomalies read which days were written; the days allocated before are taken as written.
 FILLED_IN_VERSION = {5: """INSERT OR IGNORE INTO materialized_days
                            SELECT DISTINCT 'allocated_costs', day, now() FROM allocated_costs

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import boto3
 import dagster as dg
+import duckdb
 import pytest
 import httpx
 
 from finops_pipeline import pricing
 from finops_pipeline.demo.sample_data import write_sample
+from finops_pipeline.destinations.finout import hashed_value
 from finops_pipeline.destinations.focus import CUSTOM_COLUMNS, FOCUS_COLUMNS
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline_tests.conftest import (
@@ -280,6 +282,21 @@ def spreadsheet_meaning(cell: str) -> str:
     return cell[1:] if re.match(r"^'[=+\-@\t\r]", cell) else cell
 
 
+def test_a_hashed_feature_is_hashed_wherever_it_is_delivered(settings, monkeypatch):
+    monkeypatch.setenv("FINOPS_HASH_SALT", "pepper-7b1f0c")
+    hashed = FinopsSettings.from_env({"FINOPS_HOME": settings.home, "FINOPS_HASH_SALT": "set",
+                                      "FINOPS_HASHED_DIMENSIONS": "feature"})
+    cover_day(hashed, {9: [generation("a", "2026-11-21 09:00:00", metadata={"feature": "project-atlas-for-bigbank"})]})
+    assert materialize_day(hashed, selection=["langfuse_generations", "allocated_costs", "finout_upload",
+                                              "focus_export"]).success
+    [finout] = read_csv(Path(hashed.finout_dir) / "llm-costs-2026-11-21.csv")
+    focus = read_csv(focus_file(hashed))
+    digest = hashed_value("feature", "project-atlas-for-bigbank", "pepper-7b1f0c")
+    assert finout["service_name"] == finout["feature"] == digest
+    assert {r["x_Feature"] for r in focus} == {json.loads(r["Tags"])["feature"] for r in focus} == {digest}
+    assert "atlas" not in focus_file(hashed).read_text() + (Path(hashed.finout_dir) / "llm-costs-2026-11-21.csv").read_text()
+
+
 def test_only_the_configured_dimensions_leave_and_identifiers_can_be_hashed(settings, monkeypatch):
     monkeypatch.setenv("FINOPS_HASH_SALT", "pepper-7b1f0c")
     hashed = FinopsSettings.from_env({"FINOPS_HOME": settings.home, "FINOPS_HASH_SALT": "set",
@@ -302,6 +319,7 @@ def test_only_the_configured_dimensions_leave_and_identifiers_can_be_hashed(sett
     assert re.fullmatch(r"h_[0-9a-f]{20}", digest) and "unallocated" in customers  # one customer, one hash
     focus_tags = [json.loads(r["Tags"]) for r in read_csv(Path(hashed.focus_dir) / "focus-2026-11-21.csv")]
     assert {t.get("customer_id") for t in focus_tags} == {digest, None}  # unallocated: no tag
+    assert set().union(*focus_tags) == {"customer_id", "team"}  # the FOCUS file carries the delivered keys only
     files = path.read_text() + (Path(hashed.focus_dir) / "focus-2026-11-21.csv").read_text()
     assert "acme" not in files and "do not share" not in files
     events = "".join(str(e) for e in result.all_events)
@@ -317,20 +335,40 @@ def finout_total(settings, day=DAY) -> Decimal:
     return sum(Decimal(r["Cost"]) for r in read_csv(Path(settings.finout_dir) / f"llm-costs-{day.isoformat()}.csv"))
 
 
-def test_focus_rows_are_one_per_model_and_token_kind_at_the_list_price(settings):
+def test_focus_rows_are_one_per_model_and_usage_unit_at_the_list_price(settings):
     keys = {"team": "t", "customer_id": "acme", "tier": "pro"}
     cover_day(settings, {9: [
         generation("a", "2026-11-21 09:00:00", model="gpt-4o-2024-08-06", cost=0.004,
                    usage={"input": 1000, "input_cached_tokens": 400, "output": 200}, metadata={"feature": "chat", **keys}),
         generation("b", "2026-11-21 09:01:00", model="o4-mini-2025-04-16", cost=0.002,
                    usage={"input": 500, "output": 100, "output_reasoning_tokens": 300}, metadata={"feature": "chat", **keys}),
-        # a custom model Langfuse priced and the price table does not list: no list price to split by
+        # a custom model Langfuse priced and the price table does not list, beside a call no price covers
         generation("c", "2026-11-21 09:02:00", model="acme-ft-v1", cost=0.5, usage={"input": 3000, "output": 1000},
+                   metadata={"feature": "chat", **keys}),
+        generation("c2", "2026-11-21 09:02:30", model="acme-ft-v1", cost=None, usage={"input": 3000, "output": 1000},
                    metadata={"feature": "chat", **keys}),
         generation("d", "2026-11-21 09:03:00", model="gpt-4o-2024-08-06", cost=0.02, usage={},
                    metadata={"feature": "speech", **keys}),
         generation("e", "2026-11-21 09:04:00", model="gpt-4o-2024-08-06", cost=0.001, usage={"input": 100, "output": 10},
                    metadata={"team": "t", "tier": "pro"}),  # no feature, no customer
+        # Anthropic's one-hour cache writes and OpenAI's audio tokens: units of their own, at their own prices
+        generation("f", "2026-11-21 09:05:00", model="claude-sonnet-4-20250514", cost=None,
+                   usage={"input": 1000, "cache_creation_input_tokens": 1000, "ephemeral_1h_input_tokens": 100000,
+                          "output": 100}, metadata={"feature": "agent", **keys}),
+        generation("g", "2026-11-21 09:06:00", model="gpt-realtime", cost=None,
+                   usage={"input": 100, "input_audio_tokens": 1000, "output": 50}, metadata={"feature": "voice", **keys}),
+        # the audio tokens of a model the table gives no audio price: priced only in part
+        generation("g2", "2026-11-21 09:06:30", model="gpt-4o-audio-preview-2024-12-17", cost=None,
+                   usage={"input": 100, "input_audio_tokens": 1000, "output": 50}, metadata={"feature": "voice", **keys}),
+        # usage priced at $0 (a free tier): its tokens stay, at a list cost it did not pay
+        generation("h", "2026-11-21 09:07:00", model="gpt-4o-2024-08-06", cost=0, usage={"input": 10000, "output": 1000},
+                   metadata={"feature": "free", **keys}),
+        # a snapshot the price table prices apart from the model's name
+        generation("i", "2026-11-21 09:08:00", model="gpt-4o-2024-05-13", cost=None, usage={"input": 1000, "output": 100},
+                   metadata={"feature": "chat", **keys}),
+        # a feature someone named `unattributed`: on the langfuse basis a value like any other
+        generation("j", "2026-11-21 09:09:00", model="gpt-4o-2024-08-06", cost=0.001, usage={"input": 100, "output": 10},
+                   metadata={"feature": "unattributed", **keys}),
     ]})
     result = materialize_day(settings, selection=["langfuse_generations", "allocated_costs", "finout_upload", "focus_export"])
     assert result.success
@@ -338,48 +376,77 @@ def test_focus_rows_are_one_per_model_and_token_kind_at_the_list_price(settings)
     assert focus_violations(path) == []
     focus = read_csv(path)
     assert list(focus[0]) == FOCUS_COLUMNS + CUSTOM_COLUMNS
-    assert sum(Decimal(r["BilledCost"]) for r in focus) == finout_total(settings) == usd("0.527")
-    assert sum(int(r["x_Calls"]) for r in focus) == 5  # counted once, on each row's costliest kind
+    assert sum(Decimal(r["BilledCost"]) for r in focus) == finout_total(settings)
+    assert sum(int(r["x_Calls"]) for r in focus) == 11  # the priced calls, counted once, on each row's costliest unit
+
+    def of(model: str, feature: str = "chat") -> dict[str, dict]:
+        return {r["SkuId"]: r for r in focus if r["x_Model"] == model and r["x_Feature"] == feature}
 
     # gpt-4o: one row per token kind, at the price table's price per million tokens
-    gpt = {r["SkuId"]: r for r in focus if r["x_Model"] == "gpt-4o-2024-08-06" and r["x_Feature"] == "chat"}
-    assert set(gpt) == {"gpt-4o/input", "gpt-4o/cached-input", "gpt-4o/output"}
+    gpt = of("gpt-4o-2024-08-06")
+    assert set(gpt) == {"openai/gpt-4o/input", "openai/gpt-4o/cached-input", "openai/gpt-4o/output"}
     rates = pricing.rates("gpt-4o-2024-08-06", DAY, "openai")
-    for sku, unit, tokens in [("gpt-4o/input", "input_tokens", 1000), ("gpt-4o/cached-input", "cache_read_tokens", 400),
-                              ("gpt-4o/output", "output_tokens", 200)]:
-        row = gpt[sku]
+    for sku, unit, tokens in [("input", "input_tokens", 1000), ("cached-input", "cache_read_tokens", 400),
+                              ("output", "output_tokens", 200)]:
+        row = gpt[f"openai/gpt-4o/{sku}"]
         assert Decimal(row["ListUnitPrice"]) == rates.rate(unit) * 1_000_000
         assert (row["PricingUnit"], Decimal(row["PricingQuantity"])) == ("1000000 Tokens", Decimal(tokens) / 1_000_000)
         assert (row["ConsumedUnit"], row["ConsumedQuantity"]) == ("Tokens", f"{tokens}.0")
-        assert row["SkuPriceId"] == f"{sku}:{Decimal(row['ListUnitPrice']).normalize():f}"
+        assert row["SkuPriceId"] == row["SkuId"] and json.loads(row["SkuPriceDetails"])["x_UsageUnit"] == unit
         assert (row["ChargeCategory"], row["x_ListPriceSource"], row["ProviderName"]) == ("Usage", "genai-prices", "OpenAI")
-    assert Decimal(gpt["gpt-4o/input"]["ListUnitPrice"]) == Decimal("2.5")  # OpenAI's published $2.50 / 1M
+    assert Decimal(gpt["openai/gpt-4o/input"]["ListUnitPrice"]) == Decimal("2.5")  # OpenAI's published $2.50 / 1M
     # Langfuse's cost, split across the kinds in proportion to their list cost, summing to it exactly
     assert sum(Decimal(r["BilledCost"]) for r in gpt.values()) == usd("0.004")
     list_total = sum(Decimal(r["ListCost"]) for r in gpt.values())
     for row in gpt.values():
         assert abs(Decimal(row["BilledCost"]) - usd("0.004") * Decimal(row["ListCost"]) / list_total) < Decimal("1e-11")
+    # gpt-4o-2024-05-13 has a price of its own ($5): a SKU of its own
+    assert {sku: r["ListUnitPrice"] for sku, r in of("gpt-4o-2024-05-13").items()} == {
+        "openai/gpt-4o-2024-05-13/input": "5.000000000000000", "openai/gpt-4o-2024-05-13/output": "15.000000000000000"}
 
     # reasoning tokens are output tokens at the output price
     o4 = {r["SkuMeter"]: r for r in focus if r["x_Model"] == "o4-mini-2025-04-16"}
     assert set(o4) == {"Input Tokens", "Output Tokens"} and o4["Output Tokens"]["ConsumedQuantity"] == "400.0"
+    # each cache write at its own price: the one-hour writes are a SKU of their own, as is audio
+    claude = of("claude-sonnet-4-20250514", "agent")
+    assert {sku: r["ConsumedQuantity"] for sku, r in claude.items()} == {
+        "anthropic/claude-sonnet-4/input": "1000.0", "anthropic/claude-sonnet-4/cache-write": "1000.0",
+        "anthropic/claude-sonnet-4/cache-write-1h": "100000.0", "anthropic/claude-sonnet-4/output": "100.0"}
+    hour = claude["anthropic/claude-sonnet-4/cache-write-1h"]
+    assert (hour["SkuMeter"], hour["ListUnitPrice"]) == ("Cache Write 1h Tokens", "6.000000000000000")  # 2x input
+    assert all(r["BilledCost"] == f"{Decimal(r['ListCost']):.12f}" for r in claude.values())  # priced by the table
+    voice = of("gpt-realtime", "voice")
+    audio = voice["openai/gpt-realtime/input-audio"]
+    assert (audio["SkuMeter"], audio["ListUnitPrice"], audio["ConsumedQuantity"]) == (
+        "Input Audio Tokens", "32.000000000000000", "1000.0")
+    assert all(r["BilledCost"] == f"{Decimal(r['ListCost']):.12f}" for r in voice.values())
+    # what no price covers is in no row: the cost of the audio tokens is unknown, not $0
+    assert set(of("gpt-4o-audio-preview-2024-12-17", "voice")) == {"openai/gpt-4o-audio-preview/input",
+                                                                    "openai/gpt-4o-audio-preview/output"}
 
-    # no list price: one row of all the tokens, at the price Langfuse charged, said so
+    # no list price: one row of the priced call's tokens, at the price Langfuse charged, said so; the call no
+    # price covers is in no row (its cost is unknown, not $0)
     [custom] = [r for r in focus if r["x_Model"] == "acme-ft-v1"]
-    assert (custom["SkuId"], custom["SkuMeter"], custom["ConsumedQuantity"]) == ("acme-ft-v1/tokens", "Tokens", "4000.0")
-    assert (custom["x_ListPriceSource"], custom["BilledCost"]) == ("charged", "0.500000000000")
-    assert abs(Decimal(custom["ListCost"]) - usd("0.5")) < Decimal("1e-9") and ":charged:" in custom["SkuPriceId"]
-    assert "no list price known" in custom["ChargeDescription"]
+    assert (custom["SkuId"], custom["SkuMeter"], custom["ConsumedQuantity"]) == ("unknown/acme-ft-v1/tokens", "Tokens", "4000.0")
+    assert (custom["x_ListPriceSource"], custom["BilledCost"], custom["x_Calls"]) == ("charged", "0.500000000000", "1")
+    assert Decimal(custom["ListUnitPrice"]) == Decimal("125")  # $0.50 for 4,000 tokens, per million
+    assert "the price table does not list" in custom["ChargeDescription"]
     # a cost without tokens: its requests
     [speech] = [r for r in focus if r["x_Feature"] == "speech"]
     assert (speech["SkuId"], speech["PricingUnit"], speech["PricingQuantity"], speech["ConsumedUnit"]) == (
-        "gpt-4o/requests", "Requests", "1.000000", "Requests")
+        "openai/gpt-4o/requests", "Requests", "1.000000", "Requests")
+    assert "no token usage reported" in speech["ChargeDescription"]
+    # $0 usage: there, at $0, with what the list would have charged
+    free = of("gpt-4o-2024-08-06", "free")
+    assert {r["BilledCost"] for r in free.values()} == {"0.000000000000"}
+    assert sum(Decimal(r["ListCost"]) for r in free.values()) == usd("0.035")
 
     # an allocation key that did not resolve is no tag, and no feature
-    [(tags, feature)] = {(r["Tags"], r["x_Feature"]) for r in focus if r["x_Model"] == "gpt-4o-2024-08-06"
-                         and "customer_id" not in json.loads(r["Tags"])}
+    [(tags, feature)] = {(r["Tags"], r["x_Feature"]) for r in focus if "customer_id" not in json.loads(r["Tags"])}
     assert json.loads(tags) == {"team": "t", "environment": "production", "tier": "pro"} and feature == ""
     assert "unallocated" not in path.read_text()
+    assert {json.loads(r["Tags"]).get("feature") for r in of("gpt-4o-2024-08-06", "unattributed").values()} == {
+        "unattributed"}
     # the langfuse basis reads no bill: which project spent is not known
     assert {r["SubAccountId"] for r in focus} == {""} and {r["InvoiceId"] for r in focus} == {""}
 
@@ -411,8 +478,8 @@ def test_focus_on_the_invoice_basis_carries_sub_accounts_and_untraced_spend_with
                           r["ConsumedQuantity"], r["ListUnitPrice"], r["Tags"], r["x_CostSource"])
                          for r in focus if r["ChargeCategory"] == "Adjustment")
     assert adjustments == [
-        ("gpt-4.1-nano/input", "proj_1", "2.000000000000", "2.000000000000000000", "", "", "", "{}", "invoice"),
-        ("gpt-4.1-nano/output", "proj_2", "0.500000000000", "0.500000000000000000", "", "", "", "{}", "invoice")]
+        ("openai/gpt-4.1-nano/input", "proj_1", "2.000000000000", "2.000000000000000000000", "", "", "", "{}", "invoice"),
+        ("openai/gpt-4.1-nano/output", "proj_2", "0.500000000000", "0.500000000000000000000", "", "", "", "{}", "invoice")]
     claude = [r for r in focus if r["x_Model"] == "claude-sonnet-4-20250514"]
     assert sum(Decimal(r["BilledCost"]) for r in claude) == usd("3.00")  # the bill, where the traces said $3
     assert {r["ServiceName"] for r in claude} == {"Claude API"} and {r["x_Feature"] for r in claude} == {"code"}
@@ -433,12 +500,25 @@ def test_the_demos_focus_files_keep_the_focus_1_2_rules(tmp_path, basis):
         assert sum(Decimal(r["BilledCost"]) for r in focus) == finout_total(settings, day)
         adjustments = [r for r in focus if r["ChargeCategory"] != "Usage"]
         if basis == "invoice" and day == sample.overbilled_day:  # the model billed and never traced
-            assert {r["x_Model"] for r in adjustments} == {"gpt-4.1-nano"}
+            assert {r["SkuId"] for r in adjustments} == {"openai/gpt-4.1-nano/input", "openai/gpt-4.1-nano/output"}
             assert {(r["ChargeCategory"], r["PricingQuantity"], r["ConsumedQuantity"]) for r in adjustments} == {
                 ("Adjustment", "", "")}
         else:
             assert adjustments == []
         assert {r["SkuMeter"] for r in focus} >= {"Input Tokens", "Cached Input Tokens", "Output Tokens"}
+
+
+def test_a_day_allocated_before_version_6_is_still_written_as_focus_from_its_token_columns(settings):
+    assert deliver(settings, rows({"chat": 0.01, "search": 0.02})).success
+    with duckdb.connect(str(settings.duckdb_path)) as conn:  # as version 5 left it: no priced_usage
+        conn.execute("ALTER TABLE allocated_costs DROP COLUMN priced_usage")
+        conn.execute("UPDATE schema_version SET version = 5")
+    result = materialize_day(settings, selection=["focus_export"])  # the upgrade adds the column, empty
+    assert result.success and check_evaluation(result, "focus_cost_conserved").passed
+    assert focus_violations(focus_file(settings)) == []
+    focus = read_csv(focus_file(settings))
+    assert {r["SkuId"] for r in focus} == {"openai/gpt-4o/input", "openai/gpt-4o/output"}
+    assert sum(Decimal(r["BilledCost"]) for r in focus) == finout_total(settings) == usd("0.03")
 
 
 def test_the_focus_rules_catch_a_broken_file(tmp_path):
@@ -451,7 +531,7 @@ def test_the_focus_rules_catch_a_broken_file(tmp_path):
         "ListUnitPrice": "2.5", "PricingQuantity": "0.5", "PricingUnit": "1000000 Tokens", "ConsumedQuantity": "500000.0",
         "ConsumedUnit": "Tokens", "ProviderName": "OpenAI", "PublisherName": "OpenAI",
         "ServiceCategory": "AI and Machine Learning", "ServiceName": "OpenAI API", "SkuId": "gpt-4o/input",
-        "SkuMeter": "Input Tokens", "SkuPriceId": "gpt-4o/input:2.5", "SkuPriceDetails": '{"x_TokenKind": "Input Tokens"}',
+        "SkuMeter": "Input Tokens", "SkuPriceId": "gpt-4o/input", "SkuPriceDetails": '{"x_TokenKind": "Input Tokens"}',
         "Tags": "{}"}
 
     def violations(*changes: dict) -> list[str]:
@@ -477,7 +557,7 @@ def test_the_focus_rules_catch_a_broken_file(tmp_path):
     assert violations({"SkuPriceId": "", "SkuPriceDetails": ""}) == ["SkuPriceId-C-005-C"]
     assert violations({"SkuPriceDetails": '{"TokenKind": "Input"}'}) == ["SkuPriceDetails-C-017-C"]
     assert violations({"SubAccountId": "proj_1"}) == ["SubAccountName-C-004-C/C-005-C"]
-    assert violations({}, {"SkuId": "gpt-4o/output"}) == ["SkuPriceId-C-008-M: gpt-4o/input:2.5 has the parents "
+    assert violations({}, {"SkuId": "gpt-4o/output"}) == ["SkuPriceId-C-008-M: gpt-4o/input has the parents "
                                                           "['gpt-4o/input', 'gpt-4o/output']"]
     adjustment = {"ChargeCategory": "Adjustment", "PricingQuantity": "", "PricingUnit": "", "ListUnitPrice": "",
                   "SkuPriceId": "", "SkuPriceDetails": "", "ConsumedQuantity": "", "ConsumedUnit": "", "ListCost": "1.5"}

@@ -15,7 +15,8 @@ from finops_pipeline.demo.budgets_file import write_demo_budgets
 from finops_pipeline.demo.business_files import write_business_files
 from finops_pipeline.demo.sample_data import write_sample
 from finops_pipeline.settings import FinopsSettings
-from finops_pipeline.warehouse import SCHEMA, LakehouseError, Warehouse, connect, replace_partition, transactions
+from finops_pipeline.warehouse import (SCHEMA, SCHEMA_VERSION, LakehouseError, Warehouse, connect, replace_partition,
+                                       transactions)
 from finops_pipeline_tests.conftest import materialize_day, replace_settings
 
 DAYS = [date(2026, 11, 2) + timedelta(days=n) for n in range(3)]
@@ -137,7 +138,7 @@ def test_runs_opening_a_new_lakehouse_at_once_all_find_its_tables(lakehouse):
         counts = pool.starmap(open_and_count, [(lakehouse["warehouse"], lakehouse["warehouse_data_path"])] * 4)
     assert counts == [0, 0, 0, 0]
     with connect(Warehouse(database=lakehouse["warehouse"], data_path=lakehouse["warehouse_data_path"])) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         tables = {t for (t,) in conn.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'warehouse'").fetchall()}
     assert tables == {"schema_version", "write_claim", *re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)}
 

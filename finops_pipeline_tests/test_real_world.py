@@ -187,6 +187,12 @@ def test_each_kind_of_real_world_input_is_priced_attributed_and_allocated_right(
     # every kind in the FOCUS file too: its rules kept, the same dollars
     focus = Path(settings.focus_dir) / f"focus-{day}.csv"
     assert focus_violations(focus) == []
+    with open(focus, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # each unit a SKU at its list price: audio, characters, seconds, one-hour cache writes, not only tokens
+    assert {r["SkuMeter"] for r in rows} >= {"Input Audio Tokens", "Input Characters", "Audio Seconds",
+                                             "Cache Write 1h Tokens", "Cache Write Tokens", "Output Tokens"}
+    assert {r["x_ListPriceSource"] for r in rows} == {"genai-prices"}
     assert query(settings, "SELECT sum(BilledCost::DECIMAL(38, 12)) FROM read_csv(?, all_varchar=true)",
                  [str(focus)]) == [(delivered,)]
     unpriced = check_evaluation(result, "unpriced_generations")

@@ -10,17 +10,36 @@ from finops_pipeline.warehouse import WAREHOUSE_POOL, connect, replace_partition
 
 CONSERVATION_CHECK = "cost_conserved"
 
-_ALLOCATE = """
-SELECT day, allocation, provider, coalesce(model, 'unknown') AS model,
-       count(*) AS calls,
-       count(*) FILTER (WHERE cost_source = 'unpriced') AS unpriced_calls,
-       sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cached_tokens) AS cached_tokens,
-       sum(cache_write_tokens) AS cache_write_tokens, sum(reasoning_tokens) AS reasoning_tokens,
-       sum(total_tokens) AS total_tokens,
-       coalesce(sum(cost_usd), 0) AS cost_usd, project_id
-FROM langfuse_generations
-WHERE day = $day
-GROUP BY ALL
+# `priced_usage`: what cost_usd paid for, per genai-prices unit (the token kinds, then audio, images, 1-hour
+# cache writes, characters, ...): the usage of the priced calls, less what no price covered in those priced
+# only in part. A FOCUS row puts each unit against its price.
+_PRICED_UNITS = {"input_tokens": "input_tokens", "cache_read_tokens": "cached_tokens",
+                 "cache_write_tokens": "cache_write_tokens", "output_tokens": "output_tokens",
+                 "output_reasoning_tokens": "reasoning_tokens"}
+_ALLOCATE = f"""
+SELECT * EXCLUDE (main, others, unpriced) REPLACE (
+    map_from_entries(list_filter(list_transform(
+        main || list_transform(list_distinct(flatten(list_transform(others, lambda m: map_keys(m)))),
+                               lambda k: {{'key': k, 'value': list_sum(list_transform(others, lambda m: coalesce(m[k], 0)))}}),
+        lambda e: {{'key': e.key, 'value': (e.value - coalesce(list_sum(list_transform(unpriced,
+                                                                  lambda m: coalesce(m[e.key], 0))), 0))::BIGINT}}),
+        lambda e: e.value > 0))::MAP(VARCHAR, BIGINT) AS priced_usage)
+FROM (
+    SELECT day, allocation, provider, coalesce(model, 'unknown') AS model,
+           count(*) AS calls,
+           count(*) FILTER (WHERE cost_source = 'unpriced') AS unpriced_calls,
+           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cached_tokens) AS cached_tokens,
+           sum(cache_write_tokens) AS cache_write_tokens, sum(reasoning_tokens) AS reasoning_tokens,
+           sum(total_tokens) AS total_tokens,
+           coalesce(sum(cost_usd), 0) AS cost_usd, project_id, NULL AS priced_usage,
+           [{", ".join(f"{{'key': '{unit}', 'value': coalesce(sum({column}) FILTER (WHERE cost_usd IS NOT NULL), 0)}}"
+                       for unit, column in _PRICED_UNITS.items())}] AS main,
+           coalesce(list(usage_other) FILTER (WHERE usage_other IS NOT NULL AND cost_usd IS NOT NULL), []) AS others,
+           coalesce(list(unpriced_usage) FILTER (WHERE unpriced_usage IS NOT NULL AND cost_usd IS NOT NULL), []) AS unpriced
+    FROM langfuse_generations
+    WHERE day = $day
+    GROUP BY ALL
+)
 """
 
 
@@ -32,7 +51,8 @@ GROUP BY ALL
     deps=["langfuse_generations"],
     description=(
         "The day's LLM cost allocated along the vocabulary (feature, customer, team, ...), per provider and "
-        "model: calls, tokens by kind, and cost. Unpriced calls are counted, not priced at $0."
+        "model: calls, tokens by kind, and cost, with the priced calls' usage by unit (what the cost paid for, "
+        "for the FOCUS SKUs). Unpriced calls are counted, not priced at $0."
     ),
     check_specs=[
         daily_check(CONSERVATION_CHECK, "allocated_costs", blocking=True,

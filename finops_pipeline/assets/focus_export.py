@@ -21,10 +21,10 @@ def build_focus_export(basis: str) -> dg.AssetsDefinition:
         description=(
             f"The day's LLM cost on the `{basis}` cost basis as a FOCUS 1.2 CSV (`$FINOPS_FOCUS_DIR/focus-YYYY-MM-DD.csv`, "
             "and S3 with FINOPS_FOCUS_S3_URI), for a FinOps tool's FOCUS intake (not for Finout beside the Finout file): "
-            "one Usage row per allocation, model and token kind, with its SKU (SkuId `gpt-4o/input`), list unit price "
-            "per 1M tokens from genai-prices and ListCost; the allocation keys that resolved in Tags; spend a bill holds "
-            "and no trace covers as an Adjustment without a quantity; the OpenAI project or Anthropic workspace as "
-            "SubAccountId where the bill says it."
+            "one Usage row per allocation, model and usage unit, with its SKU (SkuId `openai/gpt-4o/input`), the list "
+            "unit price per 1M tokens from genai-prices and ListCost; the delivered allocation keys that resolved in "
+            "Tags; spend a bill holds and no trace covers as an Adjustment without a quantity; the OpenAI project or "
+            "Anthropic workspace as SubAccountId where the bill says it."
         ),
         check_specs=[daily_check(
             FOCUS_CHECK, "focus_export", blocking=True,
@@ -34,7 +34,7 @@ def build_focus_export(basis: str) -> dg.AssetsDefinition:
                      settings: FinopsSettings) -> dg.MaterializeResult:
         day = partition_day(context)
         return deliver_day(context, duckdb, settings, basis,
-                           focus_rows_sql(settings.allocation_keys, settings.hashed_dimensions), "BilledCost",
+                           focus_rows_sql(settings.allocation_keys, settings.dimensions, settings.hashed_dimensions), "BilledCost",
                            Path(settings.focus_dir), f"focus-{day.isoformat()}.csv", settings.focus_s3_uri, FOCUS_CHECK,
                            prepare=lambda conn, day: prepare_focus(conn, day, basis, settings.provider_map))
 

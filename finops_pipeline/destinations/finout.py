@@ -41,7 +41,9 @@ def safe_text(expr: str) -> str:
 
 def dimension_expressions(allocation_keys: list[str], hashed: list[str]) -> dict[str, str]:
     """SQL of each dimension over the temp table `delivered` (parameter `$salt` when `hashed`)."""
-    service = "allocation['feature']" if "feature" in allocation_keys else "'llm'"
+    feature = "allocation['feature']"
+    # the feature is the service: hashed when the feature is
+    service = (hashed_sql("feature", feature) if "feature" in hashed else feature) if "feature" in allocation_keys else "'llm'"
     expressions = {
         "source": "source",
         "service_name": f"CASE WHEN source = 'invoice' THEN '{UNATTRIBUTED}' ELSE {service} END",

@@ -1,41 +1,39 @@
 """The day's cost as a FOCUS 1.2 file (FinOps Open Cost and Usage Specification), for a FinOps tool's
-FOCUS intake.
+FOCUS intake. The README's "FOCUS 1.2" section is the user's account; in short:
 
-One `Usage` row per delivered row (day x allocation x provider x model) and token kind, because each kind
-has its own unit price (FOCUS_Spec v1.2, columns/skuid.md, listunitprice.md):
+One `Usage` row per delivered row (day x allocation x provider x model x Langfuse project) and usage unit,
+because each unit has its own price (FOCUS_Spec v1.2, columns/skuid.md, listunitprice.md):
 
-- The SKU is the model and token kind: `SkuId` `gpt-4o/input`, `SkuMeter` "Input Tokens". Reasoning tokens
-  are output tokens, unless the price table prices them apart.
-- `PricingUnit` is "1000000 Tokens", as the providers' price lists are. `PricingQuantity` is the tokens
-  divided by a million, and `ListUnitPrice` is the price table's (genai-prices) USD per million for the day.
-  `ListCost` = `ListUnitPrice` x `PricingQuantity`, exactly. `ConsumedQuantity` is the tokens.
+- The SKU is the provider, model and unit: `SkuId` `openai/gpt-4o/input`, `SkuMeter` "Input Tokens". The
+  units are genai-prices' (`allocated_costs.priced_usage`: what the cost paid for). Reasoning tokens are
+  output tokens, unless the price table prices them apart. `SkuPriceId` = `SkuId`.
+- Tokens and characters are priced per million ("1000000 Tokens"), as the price lists are, other units one
+  by one. `ListUnitPrice` is genai-prices' price for the day, `ListCost` = `ListUnitPrice` x
+  `PricingQuantity` exactly, `ConsumedQuantity` the units.
 - `BilledCost` = `EffectiveCost` = `ContractedCost` is the delivered row's cost on the cost basis, split
-  across its kinds in proportion to their list cost. The remainder goes to the costliest kind, so the kinds
-  sum to the row exactly. Where Langfuse's price or the bill differs from the list (batch, discounts, custom
-  prices), `BilledCost` and `ListCost` differ.
-- A row whose model the price table does not price in every kind it used cannot be split. It stays one row
-  of all its tokens (or its requests, when it has no tokens). Its `ListUnitPrice` is the charged price, and
-  `x_ListPriceSource` says `charged` rather than `genai-prices`.
-- On the invoice basis, a bill's spend that no trace covers has no known quantity. FOCUS allows no missing
-  quantity on `Usage`, so it is an `Adjustment`: one row per bill model, token kind and sub account, cost
-  columns all the billed dollars, and quantities, unit price and `SkuPriceId` null. No tokens are made up.
-- `SubAccountId` is the OpenAI project or Anthropic workspace. It is filled only where the bill says it: the
-  invoice basis, where the model's bill for the day is all in one project, and every `Adjustment`.
-  Elsewhere it is unknown, so null. No cost API names projects, so `SubAccountName` repeats the id.
-- `Tags` carry the allocation keys that resolved to a value: a key left `unallocated` (or `unattributed`)
-  is absent, not a tag value. The same for `x_Feature`.
-- `InvoiceId` is null: the cost APIs give no invoice number.
-- Quantities and prices are written with a decimal point (`55110.0`), as the spec's Decimal type wants.
+  across its units in proportion to their list cost; the costliest unit takes the remainder, so the units
+  sum to the row exactly.
+- A row the price table does not price in every unit it used stays one row of all its tokens (or its
+  requests) at the price charged: `x_ListPriceSource` `charged`, not `genai-prices`.
+- A bill's spend that no trace covers (invoice basis) has no known quantity, and FOCUS allows none missing
+  on `Usage`: it is an `Adjustment` per bill model, token kind and project, its quantities and unit price
+  null. No tokens are made up.
+- `SubAccountId` (the OpenAI project, Anthropic workspace) only where a bill says it. `Tags` and
+  `x_Feature`: the delivered allocation keys that resolved, hashed as configured. `InvoiceId` null.
+- Numbers are written with a decimal point (`55110.0`), as the spec's Decimal type wants.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 import duckdb
+import pandas as pd
 from genai_prices.data_snapshot import get_snapshot
+from genai_prices.data_units import unit_data
 
-from finops_pipeline.cost_basis import UNATTRIBUTED
+from finops_pipeline import pricing
 from finops_pipeline.destinations.finout import dimension_expressions, safe_text
 from finops_pipeline.generations import UNALLOCATED, register_model_prices
 from finops_pipeline.reconciliation import BILLED_KEY, register_model_keys
@@ -54,34 +52,64 @@ FOCUS_COLUMNS = [
 ]
 CUSTOM_COLUMNS = ["x_Model", "x_Feature", "x_Calls", "x_CostSource", "x_ListPriceSource", "x_LangfuseProjectId"]
 
-# Token kind -> (SkuId suffix, SkuMeter). The kinds are the bill's (provider_costs.token_kind) and the
-# staging table's columns; `tokens` and `requests` are the rows that cannot be split by kind.
-KINDS = {
-    "input": ("input", "Input Tokens"),
-    "cached": ("cached-input", "Cached Input Tokens"),
-    "cache_write": ("cache-write", "Cache Write Tokens"),
-    "output": ("output", "Output Tokens"),
-    "reasoning": ("reasoning-output", "Reasoning Output Tokens"),
-    "tokens": ("tokens", "Tokens"),
-    "requests": ("requests", "Requests"),
-}
-PER_MILLION = "1000000 Tokens"
-PRICE = "DECIMAL(38, 12)"     # USD per PricingUnit
-QUANTITY = "DECIMAL(38, 6)"   # millions of tokens, to the token
+# The bill's token kinds (provider_costs.token_kind) as usage units.
+BILL_UNITS = {"input": "input_tokens", "cached": "cache_read_tokens", "cache_write": "cache_write_tokens",
+              "output": "output_tokens"}
+# What the SKU calls the main units; every other unit is named after itself (input_audio_tokens: `input-audio`,
+# "Input Audio Tokens").
+_NAMES = {"input_tokens": ("input", "Input Tokens"), "cache_read_tokens": ("cached-input", "Cached Input Tokens"),
+          "cache_write_tokens": ("cache-write", "Cache Write Tokens"), "output_tokens": ("output", "Output Tokens"),
+          "output_reasoning_tokens": ("reasoning-output", "Reasoning Output Tokens"),
+          "tokens": ("tokens", "Tokens"), "requests": ("requests", "Requests")}
+PRICE = "DECIMAL(38, 15)"     # USD per PricingUnit
+QUANTITY = "DECIMAL(38, 6)"   # PricingUnits: millions of tokens or characters to the unit, else units
+
+
+def usage_units() -> list[dict]:
+    """Every usage unit a row may carry, with its SKU suffix, meter, pricing unit, consumed unit and how many
+    consumed units one pricing unit is: tokens and characters priced per million, as the price lists are."""
+    units = []
+    for unit, data in {**unit_data, "tokens": {"dimensions": {"family": "tokens"}},
+                       "requests": {"dimensions": {"family": "requests"}}}.items():
+        family = data["dimensions"]["family"]
+        suffix, meter = _NAMES.get(unit) or (re.sub(r"_tokens$", "", unit).replace("_", "-"),
+                                             " ".join(w.capitalize() for w in unit.split("_")))
+        consumed = {"tokens": "Tokens", "characters": "Characters", "durations": "Seconds",
+                    "document_pages": "Pages"}.get(family) or meter.split()[-1]
+        scale = 1_000_000 if family in ("tokens", "characters") else 1
+        units.append({"unit": unit, "suffix": suffix, "meter": meter, "consumed_unit": consumed,
+                      "pricing_unit": f"{scale} {consumed}" if scale > 1 else consumed, "scale": scale})
+    return units
+
+
+def sku_model(provider: str, model: str) -> str:
+    """The model part of a SKU: the name traces and bills agree on (`pricing.model_key`), unless the price
+    table prices this snapshot apart from it (gpt-4o-2024-05-13 is not gpt-4o's price), or lists neither:
+    then the model as named."""
+    key = pricing.model_key(model) or model
+    listed, keyed = pricing.table_model(provider, model), pricing.table_model(provider, key)
+    if listed and keyed and listed != keyed:
+        return model.strip().lower()
+    return key if listed or keyed else model
 
 
 def prepare_focus(conn: duckdb.DuckDBPyConnection, day: date, basis: str, provider_map: dict[str, str]) -> None:
-    """The temp tables `focus_rows_sql` reads beside `delivered`: `model_prices` (the list prices of the day's
-    traced models), `model_keys`, `focus_sub_accounts` (provider, model_key, project: the one project of a
-    model's bill) and `focus_billed_lines` (the bill's lines that no trace covers, by kind and project)."""
-    models = {m: set() for (m,) in conn.execute("SELECT DISTINCT model FROM delivered WHERE source = 'langfuse'").fetchall()}
-    register_model_prices(conn, models, day, provider_map)
+    """The temp tables `focus_rows_sql` reads beside `delivered`: `model_prices` (the list prices of the
+    units the day's traced models used), `model_keys`, `focus_units`, `focus_skus` (provider, model,
+    sku_model), `focus_sub_accounts` (provider, model_key, project: the one project of a model's bill) and
+    `focus_billed_lines` (the bill's lines that no trace covers, by model, kind and project)."""
+    models = dict(conn.execute("""
+        SELECT model, list_distinct(flatten(list(map_keys(priced_usage)))) FROM delivered
+        WHERE source = 'langfuse' GROUP BY model""").fetchall())
+    register_model_prices(conn, {m: {*(units or ()), *pricing.MAIN_UNITS.values()} for m, units in models.items()},
+                          day, provider_map)
     register_model_keys(conn, day)
+    _register(conn, "focus_units", pd.DataFrame(usage_units()))
     # Only a bill says which project spent; on the langfuse basis the bills are not this asset's input.
     bills = "WHERE day = $day" if basis == "invoice" else "WHERE false"
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE focus_billed AS
-        SELECT provider, {BILLED_KEY} AS model_key, token_kind, project_id, cost_usd
+        SELECT provider, b.model, {BILLED_KEY} AS model_key, token_kind, line_item, project_id, cost_usd
         FROM provider_costs b LEFT JOIN model_keys k USING (provider, model) {bills}""", {"day": day} if "$day" in bills else [])
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE focus_sub_accounts AS
@@ -89,10 +117,21 @@ def prepare_focus(conn: duckdb.DuckDBPyConnection, day: date, basis: str, provid
         HAVING count(DISTINCT project_id) = 1 AND count(project_id) = count(*)""")
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE focus_billed_lines AS
-        SELECT provider, model_key, token_kind, project_id, sum(cost_usd) AS cost_usd
+        SELECT provider, model_key, coalesce(model, line_item) AS model, token_kind, project_id, sum(cost_usd) AS cost_usd
         FROM focus_billed SEMI JOIN (SELECT provider, model AS model_key FROM delivered WHERE source = 'invoice')
              USING (provider, model_key)
         GROUP BY ALL HAVING sum(cost_usd) <> 0""")
+    named = conn.execute("""
+        SELECT DISTINCT provider, model FROM delivered WHERE source = 'langfuse'
+        UNION SELECT DISTINCT provider, model FROM focus_billed_lines""").fetchall()
+    _register(conn, "focus_skus", pd.DataFrame([(p, m, sku_model(p, m)) for p, m in named],
+                                               columns=["provider", "model", "sku_model"]))
+
+
+def _register(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    conn.register(f"{table}_frame", frame)
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM {table}_frame")
+    conn.unregister(f"{table}_frame")
 
 
 def provider_names() -> dict[str, str]:
@@ -105,133 +144,137 @@ def _sql_map(values: dict[str, str]) -> str:
     return "MAP {" + ", ".join(f"{quote(k)}: {quote(v)}" for k, v in sorted(values.items())) + "}"
 
 
-def focus_rows_sql(allocation_keys: list[str], hashed: list[str]) -> str:
+def focus_rows_sql(allocation_keys: list[str], dimensions: list[str], hashed: list[str]) -> str:
     """The day's FOCUS rows from the temp tables of `prepare_focus` and `delivered` (parameter `$salt` when
-    `hashed`)."""
+    `hashed`). Of the allocation keys, only those among the delivered `dimensions` leave, hashed as configured."""
     expressions = dimension_expressions(allocation_keys, hashed)
-    unset = f"('{UNALLOCATED}', '{UNATTRIBUTED}')"
+    delivered_keys = [k for k in allocation_keys if k in dimensions]
     tags = ("to_json(map_from_entries(list_filter([" + ", ".join(
-        f"{{'key': '{k}', 'value': {expressions[k]}}}" for k in allocation_keys) + f"], lambda t: t.value NOT IN {unset})))")
+        f"{{'key': '{k}', 'value': {expressions[k]}}}" for k in delivered_keys) + f"]::STRUCT(key VARCHAR, value VARCHAR)[], "
+        f"lambda t: t.value <> '{UNALLOCATED}')))")
+    feature = (f"nullif({expressions['feature']}, '{UNALLOCATED}')"
+               if "feature" in allocation_keys and {"feature", "service_name"} & set(dimensions) else "NULL")
     names = _sql_map(provider_names())
-    provider_name = "provider_name"
     service = ("CASE provider " + " ".join(f"WHEN '{p}' THEN '{n}'" for p, n in SERVICE_NAMES.items())
                + " ELSE provider_name END")
-    kinds = "[" + ", ".join(
-        f"{{'kind': '{kind}', 'tokens': {tokens}, 'rate': {rate}}}" for kind, tokens, rate in [
-            ("input", "input_tokens", "input_rate"),
-            ("cached", "cached_tokens", "cached_rate"),
-            ("cache_write", "cache_write_tokens", "cache_write_rate"),
-            # reasoning is billed as output, unless the price table prices it apart
-            ("output", "output_tokens + CASE WHEN reasoning_rate IS NOT DISTINCT FROM output_rate "
-                       "THEN reasoning_tokens ELSE 0 END", "output_rate"),
-            ("reasoning", "CASE WHEN reasoning_rate IS DISTINCT FROM output_rate THEN reasoning_tokens ELSE 0 END",
-             "reasoning_rate"),
-        ]) + "]"
-    suffix = "CASE kind " + " ".join(f"WHEN '{k}' THEN '{s}'" for k, (s, _) in KINDS.items()) + " END"
-    meter = "CASE kind " + " ".join(f"WHEN '{k}' THEN '{m}'" for k, (_, m) in KINDS.items()) + " END"
-    sku = f"CASE WHEN kind IS NOT NULL THEN sku_model || '/' || {suffix} END"
+    sku = "CASE WHEN u.suffix IS NOT NULL THEN provider || '/' || sku_model || '/' || u.suffix END"
     utc = "'%Y-%m-%dT%H:%M:%SZ'"
+    description = """model || ': ' || CASE
+        WHEN category = 'Adjustment' THEN coalesce(lower(meter) || ' ', '')
+             || 'billed, not attributed to a traced call (no quantity known)'
+        WHEN price_source = 'charged' AND unit = 'requests' THEN 'requests at the price charged (no token usage reported)'
+        WHEN price_source = 'charged' THEN 'tokens at the price charged (the price table does not list the price of '
+             || 'every unit used)'
+        ELSE lower(meter) END"""
     return f"""
         WITH traced AS (
-            SELECT d.*, row_number() OVER () AS row_id,
-                   -- the SKU's model: the name traces and bills agree on, or as traced where no price lists it
-                   CASE WHEN p.listed THEN coalesce(k.model_key, d.model) ELSE d.model END AS sku_model,
-                   s.project AS sub_account,
-                   p.input_rate, p.cached_rate, p.cache_write_rate, p.output_rate, p.reasoning_rate
+            SELECT d.*, row_number() OVER () AS row_id, d.calls - d.unpriced_calls AS priced_calls,
+                   f.sku_model, s.project AS sub_account, p.unit_rates, p.per_call,
+                   -- what the cost paid for; a day allocated before version 6 has only its token columns
+                   coalesce(d.priced_usage, map_from_entries(list_filter([
+                       {{'key': 'input_tokens', 'value': input_tokens}}, {{'key': 'cache_read_tokens', 'value': cached_tokens}},
+                       {{'key': 'cache_write_tokens', 'value': cache_write_tokens}}, {{'key': 'output_tokens', 'value': output_tokens}},
+                       {{'key': 'output_reasoning_tokens', 'value': reasoning_tokens}}], lambda e: e.value > 0))) AS usage
             FROM delivered d
+            LEFT JOIN focus_skus f USING (provider, model)
             LEFT JOIN model_keys k USING (provider, model)
             LEFT JOIN focus_sub_accounts s ON s.provider = d.provider AND s.model_key = coalesce(k.model_key, d.model)
             LEFT JOIN model_prices p ON p.model = d.model AND p.provider = d.provider
-            WHERE d.source = 'langfuse' AND d.cost_usd <> 0
-        ), kinds AS (
-            SELECT * EXCLUDE (k), k.kind, k.tokens, k.rate
-            FROM (SELECT t.*, unnest({kinds}) AS k FROM traced t)
-            WHERE k.tokens > 0
-        ), split AS (  -- rows priced in every kind they used: one row per kind, at list price
-            SELECT *, tokens * rate AS weight FROM kinds
-            QUALIFY bool_and(rate IS NOT NULL) OVER (PARTITION BY row_id) AND sum(tokens * rate) OVER (PARTITION BY row_id) > 0
+            WHERE d.source = 'langfuse'
+        ), priced AS (  -- a cost, or usage priced at $0 (a free tier, a 100% discount): not calls no price covers
+            SELECT * FROM traced WHERE cost_usd <> 0 OR (priced_usage IS NOT NULL AND cardinality(priced_usage) > 0)
+        ), units AS (
+            SELECT row_id, unit, sum(n)::BIGINT AS n, any_value(rate) AS rate
+            FROM (SELECT row_id, e.value AS n,
+                         -- reasoning is billed as output, unless the price table prices it apart
+                         CASE WHEN e.key = 'output_reasoning_tokens'
+                                   AND unit_rates['output_reasoning_tokens'] IS NOT DISTINCT FROM unit_rates['output_tokens']
+                              THEN 'output_tokens' ELSE e.key END AS unit,
+                         unit_rates[CASE WHEN e.key = 'output_reasoning_tokens'
+                                   AND unit_rates['output_reasoning_tokens'] IS NOT DISTINCT FROM unit_rates['output_tokens']
+                              THEN 'output_tokens' ELSE e.key END] AS rate
+                  FROM (SELECT row_id, unit_rates, unnest(map_entries(usage)) AS e FROM priced)
+                  UNION ALL  -- a fee per request (Perplexity's)
+                  SELECT row_id, priced_calls, 'requests', per_call FROM priced WHERE per_call > 0 AND priced_calls > 0)
+            GROUP BY ALL
+        ), split AS (  -- rows priced in every unit they used: a row per unit, at its list price
+            SELECT *, n * rate AS weight FROM units
+            QUALIFY bool_and(rate IS NOT NULL) OVER (PARTITION BY row_id) AND sum(n * rate) OVER (PARTITION BY row_id) > 0
         ), shares AS (
-            SELECT *, (cost_usd::DOUBLE * weight::DOUBLE / sum(weight) OVER (PARTITION BY row_id)::DOUBLE)::{MONEY} AS share,
-                   row_number() OVER (PARTITION BY row_id ORDER BY weight DESC, kind) AS rank
-            FROM split
-        ), by_kind AS (
-            SELECT *, (rate * 1000000)::{PRICE} AS unit_price,
-                   (tokens::DECIMAL(38, 0) * 0.000001)::{QUANTITY} AS quantity,
+            SELECT s.*, t.cost_usd, (t.cost_usd::DOUBLE * weight::DOUBLE / sum(weight) OVER (PARTITION BY row_id)::DOUBLE)
+                        ::{MONEY} AS share,
+                   row_number() OVER (PARTITION BY row_id ORDER BY weight DESC, unit) AS rank
+            FROM split s JOIN priced t USING (row_id)
+        ), by_unit AS (
+            SELECT row_id, unit, n, rank, 'genai-prices' AS price_source,
                    CASE WHEN rank = 1 THEN share + cost_usd - sum(share) OVER (PARTITION BY row_id) ELSE share END::{MONEY}
-                       AS billed
-            FROM shares
-        ), whole AS (  -- rows the price table cannot split: all their tokens (or requests) at the charged price
-            SELECT *, CASE WHEN tokens > 0 THEN (tokens::DECIMAL(38, 0) * 0.000001)::{QUANTITY}
-                           ELSE calls::{QUANTITY} END AS quantity
-            FROM (SELECT t.*, CASE WHEN n > 0 THEN 'tokens' ELSE 'requests' END AS kind, n AS tokens
-                  FROM (SELECT *, input_tokens + cached_tokens + cache_write_tokens + output_tokens + reasoning_tokens AS n
-                        FROM traced) t
-                  ANTI JOIN split USING (row_id))
+                       AS billed,
+                   (rate * u.scale)::{PRICE} AS unit_price
+            FROM shares JOIN focus_units u USING (unit)
+        ), whole AS (  -- the rest: all their tokens (or requests) at the price charged, which is all that is known
+            SELECT row_id, CASE WHEN tokens > 0 THEN 'tokens' ELSE 'requests' END AS unit,
+                   CASE WHEN tokens > 0 THEN tokens ELSE priced_calls END AS n, 1 AS rank, 'charged' AS price_source,
+                   cost_usd AS billed, NULL AS unit_price
+            FROM (SELECT *, list_sum(list_transform(map_entries(usage), lambda e: CASE WHEN e.key LIKE '%tokens'
+                                                                                   THEN e.value ELSE 0 END)) AS tokens
+                  FROM priced ANTI JOIN split USING (row_id))
         ), rows AS (
-            SELECT day, provider, model, sku_model, kind, allocation, project_id, source, sub_account,
-                   'Usage' AS category, billed, quantity, CASE WHEN kind = 'requests' THEN 'Requests' ELSE '{PER_MILLION}' END AS unit,
-                   tokens AS consumed, unit_price, CASE WHEN rank = 1 THEN calls ELSE 0 END AS calls,
-                   'genai-prices' AS price_source
-            FROM by_kind
-            UNION ALL
-            SELECT day, provider, model, sku_model, kind, allocation, project_id, source, sub_account,
-                   'Usage', cost_usd, quantity, CASE WHEN kind = 'requests' THEN 'Requests' ELSE '{PER_MILLION}' END,
-                   CASE WHEN kind = 'requests' THEN calls ELSE tokens END,
-                   (cost_usd::DOUBLE / quantity::DOUBLE)::{PRICE}, calls, 'charged'
-            FROM whole
+            SELECT t.day, t.provider, t.model, t.sku_model, t.allocation, t.project_id, t.source, t.sub_account,
+                   'Usage' AS category, r.billed, r.n, r.unit, r.price_source,
+                   CASE WHEN r.rank = 1 THEN t.priced_calls ELSE 0 END AS calls,
+                   coalesce(r.unit_price, (r.billed::DOUBLE / (r.n::DOUBLE / u.scale))::{PRICE}) AS unit_price
+            FROM (SELECT * FROM by_unit UNION ALL BY NAME SELECT * FROM whole) r
+            JOIN priced t USING (row_id) JOIN focus_units u USING (unit)
             UNION ALL  -- billed, and no trace covers it: dollars without a quantity
-            SELECT d.day, b.provider, b.model_key, b.model_key, CASE WHEN b.token_kind <> 'other' THEN b.token_kind END,
-                   d.allocation, NULL, 'invoice', b.project_id,
-                   'Adjustment', b.cost_usd, NULL, NULL, NULL, NULL, 0, NULL
+            SELECT d.day, b.provider, b.model, coalesce(f.sku_model, b.model_key), d.allocation, NULL, 'invoice',
+                   b.project_id, 'Adjustment', b.cost_usd, NULL, {_sql_map(BILL_UNITS)}[b.token_kind], NULL, 0, NULL
             FROM focus_billed_lines b JOIN delivered d ON d.source = 'invoice' AND d.provider = b.provider
                  AND d.model = b.model_key
+            LEFT JOIN focus_skus f ON f.provider = b.provider AND f.model = b.model
         ), named AS (
-            SELECT *, coalesce({names}[provider], provider) AS provider_name FROM rows
+            SELECT r.*, u.suffix, u.meter, u.pricing_unit, u.consumed_unit, u.scale,
+                   coalesce({names}[provider], provider) AS provider_name,
+                   CASE WHEN r.n IS NOT NULL THEN (r.n::DECIMAL(38, 0) / u.scale)::{QUANTITY} END AS quantity
+            FROM rows r LEFT JOIN focus_units u USING (unit)
         )
         SELECT
             billed AS BilledCost,
             provider AS BillingAccountId,
-            {provider_name} AS BillingAccountName,
+            provider_name AS BillingAccountName,
             'USD' AS BillingCurrency,
             strftime(date_trunc('month', day) + INTERVAL 1 MONTH, {utc}) AS BillingPeriodEnd,
             strftime(date_trunc('month', day), {utc}) AS BillingPeriodStart,
             category AS ChargeCategory,
             NULL AS ChargeClass,
-            {safe_text(f'''model || ': ' || CASE WHEN category = 'Adjustment'
-                THEN coalesce(lower({meter}) || ' ', '') || 'billed, not attributed to a traced call (no quantity known)'
-                ELSE lower({meter}) || CASE WHEN price_source = 'charged' THEN ' at the charged price (no list price known)'
-                ELSE '' END END''')} AS ChargeDescription,
+            {safe_text(description)} AS ChargeDescription,
             'Usage-Based' AS ChargeFrequency,
             strftime(day + INTERVAL 1 DAY, {utc}) AS ChargePeriodEnd,
             strftime(day, {utc}) AS ChargePeriodStart,
-            consumed::DECIMAL(38, 1) AS ConsumedQuantity,
-            CASE WHEN consumed IS NOT NULL THEN CASE WHEN kind = 'requests' THEN 'Requests' ELSE 'Tokens' END END
-                AS ConsumedUnit,
+            n::DECIMAL(38, 1) AS ConsumedQuantity,
+            CASE WHEN n IS NOT NULL THEN consumed_unit END AS ConsumedUnit,
             billed AS ContractedCost,
             billed AS EffectiveCost,
             NULL::VARCHAR AS InvoiceId,
-            {provider_name} AS InvoiceIssuerName,
-            coalesce(unit_price * quantity, billed)::DECIMAL(38, 18) AS ListCost,
+            provider_name AS InvoiceIssuerName,
+            coalesce(unit_price * quantity, billed::DECIMAL(38, 21)) AS ListCost,
             unit_price AS ListUnitPrice,
             quantity AS PricingQuantity,
-            unit AS PricingUnit,
-            {provider_name} AS ProviderName,
-            {provider_name} AS PublisherName,
+            CASE WHEN n IS NOT NULL THEN pricing_unit END AS PricingUnit,
+            provider_name AS ProviderName,
+            provider_name AS PublisherName,
             'AI and Machine Learning' AS ServiceCategory,
             {service} AS ServiceName,
             'Generative AI' AS ServiceSubcategory,
-            {safe_text(sku)} AS SkuId,
-            CASE WHEN kind IS NOT NULL THEN {meter} END AS SkuMeter,
-            CASE WHEN unit_price IS NOT NULL THEN json_object('x_Model', sku_model, 'x_TokenKind', {meter},
+            {safe_text(sku.replace("u.suffix", "suffix"))} AS SkuId,
+            meter AS SkuMeter,
+            CASE WHEN unit_price IS NOT NULL THEN json_object('x_Model', sku_model, 'x_UsageUnit', unit,
                                                               'x_PriceSource', price_source) END AS SkuPriceDetails,
-            CASE WHEN unit_price IS NOT NULL
-                 THEN {safe_text(sku)} || ':' || CASE WHEN price_source = 'charged' THEN 'charged:' ELSE '' END
-                      || rtrim(rtrim(unit_price::VARCHAR, '0'), '.') END AS SkuPriceId,
+            CASE WHEN unit_price IS NOT NULL THEN {safe_text(sku.replace("u.suffix", "suffix"))} END AS SkuPriceId,
             {safe_text("sub_account")} AS SubAccountId,
             {safe_text("sub_account")} AS SubAccountName,
-            {tags} AS Tags,
+            CASE WHEN source = 'invoice' THEN '{{}}' ELSE {tags} END AS Tags,
             {safe_text("model")} AS x_Model,
-            {safe_text(f"nullif(nullif({expressions['service_name']}, '{UNALLOCATED}'), '{UNATTRIBUTED}')")} AS x_Feature,
+            CASE WHEN source <> 'invoice' THEN {safe_text(feature)} END AS x_Feature,
             calls AS x_Calls,
             source AS x_CostSource,
             price_source AS x_ListPriceSource,
