@@ -11,7 +11,7 @@ PY := .venv/bin/python
 # with DuckDB 1.5.5 and DuckLake (the `lakehouse` extra); else .venv (DuckDB 2).
 RUN_ENV := $(if $(FINOPS_WAREHOUSE),.venv-lakehouse,.venv)
 
-.PHONY: install lakehouse demo day report dev test validate bench bench-anomalies bench-lakehouse bench-lakehouse-runs clean postgresql
+.PHONY: install lakehouse demo day report dev test validate bench bench-delivery bench-anomalies bench-lakehouse bench-lakehouse-runs clean postgresql
 
 # uv itself, pinned, in its own small venv; then the project's venv exactly as uv.lock says.
 $(UV):
@@ -80,6 +80,11 @@ test: install .venv/langfuse4/.installed lakehouse postgresql
 BENCH_SIZES ?= 0.25M,0.5M,1M
 bench: install
 	$(PY) bench/run.py --sizes $(BENCH_SIZES)
+
+# The Finout and FOCUS files of a day of nearly one allocation row per generation, at the default memory limit.
+BENCH_DELIVERY_SIZES ?= 0.2M,0.4M,1M
+bench-delivery: install
+	$(PY) bench/delivery_day.py --sizes $(BENCH_DELIVERY_SIZES)
 
 # The anomaly detector's recall, precision and false alerts on labelled synthetic quarters (README "Anomalies").
 bench-anomalies: install

@@ -8,7 +8,7 @@ import re
 import socket
 import threading
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 
 import boto3
@@ -320,6 +320,9 @@ def test_only_the_configured_dimensions_leave_and_identifiers_can_be_hashed(sett
     focus_tags = [json.loads(r["Tags"]) for r in read_csv(Path(hashed.focus_dir) / "focus-2026-11-21.csv")]
     assert {t.get("customer_id") for t in focus_tags} == {digest, None}  # unallocated: no tag
     assert set().union(*focus_tags) == {"customer_id", "team"}  # the FOCUS file carries the delivered keys only
+    # rows that differ only in a key not delivered are one row, as in the Finout file: no count of what is hidden
+    focus = read_csv(Path(hashed.focus_dir) / "focus-2026-11-21.csv")
+    assert len({(r["Tags"], r["x_Model"], r["SkuId"]) for r in focus}) == len(focus)
     files = path.read_text() + (Path(hashed.focus_dir) / "focus-2026-11-21.csv").read_text()
     assert "acme" not in files and "do not share" not in files
     events = "".join(str(e) for e in result.all_events)
@@ -366,6 +369,15 @@ def test_focus_rows_are_one_per_model_and_usage_unit_at_the_list_price(settings)
         # a snapshot the price table prices apart from the model's name
         generation("i", "2026-11-21 09:08:00", model="gpt-4o-2024-05-13", cost=None, usage={"input": 1000, "output": 100},
                    metadata={"feature": "chat", **keys}),
+        # a usage key no price table unit fits: no SKU, and no reason to lose the list prices of the others
+        generation("k", "2026-11-21 09:10:00", model="gpt-4o-mini-2024-07-18", cost=0.001,
+                   usage={"input": 1000, "output": 100, "foo_count": 3}, metadata={"feature": "chat", **keys}),
+        # only a total reported, by a model no price lists: its tokens, at the day's charged price of the model
+        generation("l", "2026-11-21 09:11:00", model="acme-ft-v1", cost=0.3, usage={"total": 2000},
+                   metadata={"feature": "summary", **keys}),
+        # Claude on Bedrock: AWS bills it, Anthropic made it
+        generation("m", "2026-11-21 09:12:00", model="us.anthropic.claude-3-7-sonnet-20250219-v1:0", cost=None,
+                   usage={"input": 1000, "output": 100}, metadata={"feature": "chat", **keys}),
         # a feature someone named `unattributed`: on the langfuse basis a value like any other
         generation("j", "2026-11-21 09:09:00", model="gpt-4o-2024-08-06", cost=0.001, usage={"input": 100, "output": 10},
                    metadata={"feature": "unattributed", **keys}),
@@ -377,7 +389,7 @@ def test_focus_rows_are_one_per_model_and_usage_unit_at_the_list_price(settings)
     focus = read_csv(path)
     assert list(focus[0]) == FOCUS_COLUMNS + CUSTOM_COLUMNS
     assert sum(Decimal(r["BilledCost"]) for r in focus) == finout_total(settings)
-    assert sum(int(r["x_Calls"]) for r in focus) == 11  # the priced calls, counted once, on each row's costliest unit
+    assert sum(int(r["x_Calls"]) for r in focus) == 14  # the priced calls, counted once, on each row's costliest unit
 
     def of(model: str, feature: str = "chat") -> dict[str, dict]:
         return {r["SkuId"]: r for r in focus if r["x_Model"] == model and r["x_Feature"] == feature}
@@ -426,16 +438,28 @@ def test_focus_rows_are_one_per_model_and_usage_unit_at_the_list_price(settings)
 
     # no list price: one row of the priced call's tokens, at the price Langfuse charged, said so; the call no
     # price covers is in no row (its cost is unknown, not $0)
-    [custom] = [r for r in focus if r["x_Model"] == "acme-ft-v1"]
+    [custom] = [r for r in focus if r["x_Model"] == "acme-ft-v1" and r["x_Feature"] == "chat"]
     assert (custom["SkuId"], custom["SkuMeter"], custom["ConsumedQuantity"]) == ("unknown/acme-ft-v1/tokens", "Tokens", "4000.0")
     assert (custom["x_ListPriceSource"], custom["BilledCost"], custom["x_Calls"]) == ("charged", "0.500000000000", "1")
-    assert Decimal(custom["ListUnitPrice"]) == Decimal("125")  # $0.50 for 4,000 tokens, per million
     assert "the price table does not list" in custom["ChargeDescription"]
+    # one price for the SKU that day: the model's charged price over its rows, $0.80 for 6,000 tokens, per million
+    [total_only] = [r for r in focus if r["x_Model"] == "acme-ft-v1" and r["x_Feature"] == "summary"]
+    assert total_only["ConsumedQuantity"] == "2000.0"
+    charged = (Decimal("0.8") / Decimal("0.006")).quantize(Decimal("1e-15"), rounding=ROUND_FLOOR)
+    assert Decimal(custom["ListUnitPrice"]) == Decimal(total_only["ListUnitPrice"]) == charged
+    assert Decimal(custom["ListCost"]) + Decimal(total_only["ListCost"]) - usd("0.8") < Decimal("1e-9")
+    assert {sku: r["x_ListPriceSource"] for sku, r in of("gpt-4o-mini-2024-07-18").items()} == {
+        "openai/gpt-4o-mini/input": "genai-prices", "openai/gpt-4o-mini/output": "genai-prices"}
+    bedrock = of("us.anthropic.claude-3-7-sonnet-20250219-v1:0")
+    assert {(r["SkuId"], r["ProviderName"], r["PublisherName"], r["BillingAccountId"]) for r in bedrock.values()} == {
+        ("aws/claude-3-7-sonnet/input", "AWS Bedrock", "Anthropic", "aws"),
+        ("aws/claude-3-7-sonnet/output", "AWS Bedrock", "Anthropic", "aws")}
+    assert {r["x_CostBasis"] for r in focus} == {"langfuse"}
     # a cost without tokens: its requests
     [speech] = [r for r in focus if r["x_Feature"] == "speech"]
     assert (speech["SkuId"], speech["PricingUnit"], speech["PricingQuantity"], speech["ConsumedUnit"]) == (
         "openai/gpt-4o/requests", "Requests", "1.000000", "Requests")
-    assert "no token usage reported" in speech["ChargeDescription"]
+    assert "no usage by unit reported" in speech["ChargeDescription"]
     # $0 usage: there, at $0, with what the list would have charged
     free = of("gpt-4o-2024-08-06", "free")
     assert {r["BilledCost"] for r in free.values()} == {"0.000000000000"}

@@ -34,7 +34,7 @@ def build_focus_export(basis: str) -> dg.AssetsDefinition:
                      settings: FinopsSettings) -> dg.MaterializeResult:
         day = partition_day(context)
         return deliver_day(context, duckdb, settings, basis,
-                           focus_rows_sql(settings.allocation_keys, settings.dimensions, settings.hashed_dimensions), "BilledCost",
+                           focus_rows_sql(basis, settings.allocation_keys, settings.dimensions, settings.hashed_dimensions), "BilledCost",
                            Path(settings.focus_dir), f"focus-{day.isoformat()}.csv", settings.focus_s3_uri, FOCUS_CHECK,
                            prepare=lambda conn, day: prepare_focus(conn, day, basis, settings.provider_map))
 

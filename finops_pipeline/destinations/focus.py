@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from functools import lru_cache
 
 import duckdb
 import pandas as pd
@@ -50,7 +51,8 @@ FOCUS_COLUMNS = [
     "PublisherName", "ServiceCategory", "ServiceName", "ServiceSubcategory", "SkuId", "SkuMeter", "SkuPriceDetails",
     "SkuPriceId", "SubAccountId", "SubAccountName", "Tags",
 ]
-CUSTOM_COLUMNS = ["x_Model", "x_Feature", "x_Calls", "x_CostSource", "x_ListPriceSource", "x_LangfuseProjectId"]
+CUSTOM_COLUMNS = ["x_Model", "x_Feature", "x_Calls", "x_CostSource", "x_CostBasis", "x_ListPriceSource",
+                  "x_LangfuseProjectId"]
 
 # The bill's token kinds (provider_costs.token_kind) as usage units.
 BILL_UNITS = {"input": "input_tokens", "cached": "cache_read_tokens", "cache_write": "cache_write_tokens",
@@ -84,13 +86,31 @@ def usage_units() -> list[dict]:
 
 def sku_model(provider: str, model: str) -> str:
     """The model part of a SKU: the name traces and bills agree on (`pricing.model_key`), unless the price
-    table prices this snapshot apart from it (gpt-4o-2024-05-13 is not gpt-4o's price), or lists neither:
-    then the model as named."""
+    table lists several models under that name (gpt-4o and gpt-4o-2024-05-13, Titan embeddings v1 and v2, each
+    priced apart): then the table's own name of this one. A model the table does not list: as named."""
     key = pricing.model_key(model) or model
-    listed, keyed = pricing.table_model(provider, model), pricing.table_model(provider, key)
-    if listed and keyed and listed != keyed:
-        return model.strip().lower()
-    return key if listed or keyed else model
+    listed = _table_models_by_key(provider).get(key, set())
+    if len(listed) > 1:
+        return pricing.table_model(provider, model) or model.strip().lower()
+    # a model no price lists keeps its name (`acme-ft-v1`: the key would drop a version)
+    return key if listed or pricing.table_model(provider, model) or pricing.table_model(provider, key) else model
+
+
+@lru_cache(maxsize=None)
+def _table_models_by_key(provider: str) -> dict[str, set[str]]:
+    """model_key -> the price table's models of `provider` that share it."""
+    by_key: dict[str, set[str]] = {}
+    for listed in get_snapshot().providers:
+        if listed.id == provider:
+            for m in listed.models:
+                by_key.setdefault(pricing.model_key(m.id), set()).add(m.id)
+    return by_key
+
+
+def publisher_of(provider: str, model: str) -> str:
+    """Who made the model: its vendor where a cloud resells it (Claude on Bedrock: anthropic), else `provider`."""
+    vendor = pricing.provider_of(pricing.model_key(model))
+    return vendor if vendor != pricing.UNKNOWN else provider
 
 
 def prepare_focus(conn: duckdb.DuckDBPyConnection, day: date, basis: str, provider_map: dict[str, str]) -> None:
@@ -124,8 +144,8 @@ def prepare_focus(conn: duckdb.DuckDBPyConnection, day: date, basis: str, provid
     named = conn.execute("""
         SELECT DISTINCT provider, model FROM delivered WHERE source = 'langfuse'
         UNION SELECT DISTINCT provider, model FROM focus_billed_lines""").fetchall()
-    _register(conn, "focus_skus", pd.DataFrame([(p, m, sku_model(p, m)) for p, m in named],
-                                               columns=["provider", "model", "sku_model"]))
+    _register(conn, "focus_skus", pd.DataFrame([(p, m, sku_model(p, m), publisher_of(p, m)) for p, m in named],
+                                               columns=["provider", "model", "sku_model", "publisher"]))
 
 
 def _register(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
@@ -144,11 +164,16 @@ def _sql_map(values: dict[str, str]) -> str:
     return "MAP {" + ", ".join(f"{quote(k)}: {quote(v)}" for k, v in sorted(values.items())) + "}"
 
 
-def focus_rows_sql(allocation_keys: list[str], dimensions: list[str], hashed: list[str]) -> str:
-    """The day's FOCUS rows from the temp tables of `prepare_focus` and `delivered` (parameter `$salt` when
-    `hashed`). Of the allocation keys, only those among the delivered `dimensions` leave, hashed as configured."""
+def focus_rows_sql(basis: str, allocation_keys: list[str], dimensions: list[str], hashed: list[str]) -> str:
+    """The day's FOCUS rows on `basis` from the temp tables of `prepare_focus` and `delivered` (parameter
+    `$salt` when `hashed`). Of the allocation keys, only those among the delivered `dimensions` leave, hashed as
+    configured: rows that differ only in one not delivered are summed into one, as in the Finout file."""
     expressions = dimension_expressions(allocation_keys, hashed)
     delivered_keys = [k for k in allocation_keys if k in dimensions]
+    kept = delivered_keys + (["feature"] if "feature" in allocation_keys and "feature" not in delivered_keys
+                             and "service_name" in dimensions else [])
+    sum_maps = ("map_from_entries(list_transform(list_distinct(flatten(list_transform({maps}, lambda m: map_keys(m)))), "
+                "lambda k: {{'key': k, 'value': list_sum(list_transform({maps}, lambda m: coalesce(m[k], 0)))::BIGINT}}))")
     tags = ("to_json(map_from_entries(list_filter([" + ", ".join(
         f"{{'key': '{k}', 'value': {expressions[k]}}}" for k in delivered_keys) + f"]::STRUCT(key VARCHAR, value VARCHAR)[], "
         f"lambda t: t.value <> '{UNALLOCATED}')))")
@@ -162,27 +187,35 @@ def focus_rows_sql(allocation_keys: list[str], dimensions: list[str], hashed: li
     description = """model || ': ' || CASE
         WHEN category = 'Adjustment' THEN coalesce(lower(meter) || ' ', '')
              || 'billed, not attributed to a traced call (no quantity known)'
-        WHEN price_source = 'charged' AND unit = 'requests' THEN 'requests at the price charged (no token usage reported)'
+        WHEN price_source = 'charged' AND unit = 'requests' THEN 'requests at the price charged (no usage by unit reported)'
         WHEN price_source = 'charged' THEN 'tokens at the price charged (the price table does not list the price of '
              || 'every unit used)'
         ELSE lower(meter) END"""
     return f"""
-        WITH traced AS (
-            SELECT d.*, row_number() OVER () AS row_id, d.calls - d.unpriced_calls AS priced_calls,
-                   f.sku_model, s.project AS sub_account, p.unit_rates, p.per_call,
+        WITH grouped AS (  -- the delivered rows, by the dimensions that leave (and the Langfuse project)
+            SELECT day, provider, model, project_id, source,
+                   map_from_entries(list_filter(map_entries(allocation), lambda e: list_contains({kept!r}::VARCHAR[], e.key)))
+                       AS allocation,
+                   sum(cost_usd)::{MONEY} AS cost_usd, sum(calls) AS calls, sum(unpriced_calls) AS unpriced_calls,
+                   sum(total_tokens) AS total_tokens,
                    -- what the cost paid for; a day allocated before version 6 has only its token columns
-                   coalesce(d.priced_usage, map_from_entries(list_filter([
-                       {{'key': 'input_tokens', 'value': input_tokens}}, {{'key': 'cache_read_tokens', 'value': cached_tokens}},
-                       {{'key': 'cache_write_tokens', 'value': cache_write_tokens}}, {{'key': 'output_tokens', 'value': output_tokens}},
-                       {{'key': 'output_reasoning_tokens', 'value': reasoning_tokens}}], lambda e: e.value > 0))) AS usage
-            FROM delivered d
+                   CASE WHEN bool_and(priced_usage IS NOT NULL) THEN {sum_maps.format(maps="list(priced_usage)")}
+                        ELSE map_from_entries(list_filter([
+                       {{'key': 'input_tokens', 'value': sum(input_tokens)}}, {{'key': 'cache_read_tokens', 'value': sum(cached_tokens)}},
+                       {{'key': 'cache_write_tokens', 'value': sum(cache_write_tokens)}}, {{'key': 'output_tokens', 'value': sum(output_tokens)}},
+                       {{'key': 'output_reasoning_tokens', 'value': sum(reasoning_tokens)}}], lambda e: e.value > 0)) END AS usage,
+                   bool_and(priced_usage IS NOT NULL) AS has_priced_usage
+            FROM delivered WHERE source = 'langfuse' GROUP BY ALL
+        ), traced AS (
+            SELECT g.*, row_number() OVER () AS row_id, g.calls - g.unpriced_calls AS priced_calls,
+                   f.sku_model, f.publisher, s.project AS sub_account, p.unit_rates, p.per_call
+            FROM grouped g
             LEFT JOIN focus_skus f USING (provider, model)
             LEFT JOIN model_keys k USING (provider, model)
-            LEFT JOIN focus_sub_accounts s ON s.provider = d.provider AND s.model_key = coalesce(k.model_key, d.model)
-            LEFT JOIN model_prices p ON p.model = d.model AND p.provider = d.provider
-            WHERE d.source = 'langfuse'
+            LEFT JOIN focus_sub_accounts s ON s.provider = g.provider AND s.model_key = coalesce(k.model_key, g.model)
+            LEFT JOIN model_prices p ON p.model = g.model AND p.provider = g.provider
         ), priced AS (  -- a cost, or usage priced at $0 (a free tier, a 100% discount): not calls no price covers
-            SELECT * FROM traced WHERE cost_usd <> 0 OR (priced_usage IS NOT NULL AND cardinality(priced_usage) > 0)
+            SELECT * FROM traced WHERE cost_usd <> 0 OR (has_priced_usage AND cardinality(usage) > 0)
         ), units AS (
             SELECT row_id, unit, sum(n)::BIGINT AS n, any_value(rate) AS rate
             FROM (SELECT row_id, e.value AS n,
@@ -193,49 +226,65 @@ def focus_rows_sql(allocation_keys: list[str], dimensions: list[str], hashed: li
                          unit_rates[CASE WHEN e.key = 'output_reasoning_tokens'
                                    AND unit_rates['output_reasoning_tokens'] IS NOT DISTINCT FROM unit_rates['output_tokens']
                               THEN 'output_tokens' ELSE e.key END] AS rate
+                  -- a usage key no price table unit fits (`unsorted:...`) is no SKU: its cost, if any, is the others'
                   FROM (SELECT row_id, unit_rates, unnest(map_entries(usage)) AS e FROM priced)
+                  WHERE e.key IN (SELECT unit FROM focus_units)
                   UNION ALL  -- a fee per request (Perplexity's)
                   SELECT row_id, priced_calls, 'requests', per_call FROM priced WHERE per_call > 0 AND priced_calls > 0)
             GROUP BY ALL
-        ), split AS (  -- rows priced in every unit they used: a row per unit, at its list price
-            SELECT *, n * rate AS weight FROM units
-            QUALIFY bool_and(rate IS NOT NULL) OVER (PARTITION BY row_id) AND sum(n * rate) OVER (PARTITION BY row_id) > 0
-        ), shares AS (
-            SELECT s.*, t.cost_usd, (t.cost_usd::DOUBLE * weight::DOUBLE / sum(weight) OVER (PARTITION BY row_id)::DOUBLE)
-                        ::{MONEY} AS share,
-                   row_number() OVER (PARTITION BY row_id ORDER BY weight DESC, unit) AS rank
-            FROM split s JOIN priced t USING (row_id)
+        ), judged AS (  -- (aggregates joined back, not windows: a large day then streams in little memory)
+            SELECT row_id, sum(n * rate) AS total,
+                   -- the costliest unit (the first by name of equals) takes the rounding remainder
+                   arg_min(unit, {{'weight': -(n * rate), 'unit': unit}}) AS top
+            FROM units GROUP BY row_id HAVING bool_and(rate IS NOT NULL) AND sum(n * rate) > 0
+        ), shares AS (  -- rows priced in every unit they used: a row per unit, at its list price
+            SELECT u.*, j.top, t.cost_usd,
+                   (t.cost_usd::DOUBLE * (n * rate)::DOUBLE / j.total::DOUBLE)::{MONEY} AS share
+            FROM units u JOIN judged j USING (row_id) JOIN priced t USING (row_id)
+        ), remainders AS (
+            SELECT row_id, any_value(cost_usd) - sum(share) AS remainder FROM shares GROUP BY row_id
         ), by_unit AS (
-            SELECT row_id, unit, n, rank, 'genai-prices' AS price_source,
-                   CASE WHEN rank = 1 THEN share + cost_usd - sum(share) OVER (PARTITION BY row_id) ELSE share END::{MONEY}
-                       AS billed,
-                   (rate * u.scale)::{PRICE} AS unit_price
-            FROM shares JOIN focus_units u USING (unit)
+            SELECT row_id, unit, n, CASE WHEN unit = top THEN 1 ELSE 2 END AS rank, 'genai-prices' AS price_source,
+                   CASE WHEN unit = top THEN share + remainder ELSE share END::{MONEY} AS billed,
+                   (rate * f.scale)::{PRICE} AS unit_price
+            FROM shares JOIN remainders USING (row_id) JOIN focus_units f USING (unit)
         ), whole AS (  -- the rest: all their tokens (or requests) at the price charged, which is all that is known
             SELECT row_id, CASE WHEN tokens > 0 THEN 'tokens' ELSE 'requests' END AS unit,
                    CASE WHEN tokens > 0 THEN tokens ELSE priced_calls END AS n, 1 AS rank, 'charged' AS price_source,
                    cost_usd AS billed, NULL AS unit_price
-            FROM (SELECT *, list_sum(list_transform(map_entries(usage), lambda e: CASE WHEN e.key LIKE '%tokens'
-                                                                                   THEN e.value ELSE 0 END)) AS tokens
-                  FROM priced ANTI JOIN split USING (row_id))
+            FROM (SELECT *, CASE WHEN by_unit > 0 THEN by_unit
+                                 -- only a total reported (and no unpriced call in it): the total
+                                 WHEN unpriced_calls = 0 THEN total_tokens ELSE 0 END AS tokens
+                  FROM (SELECT *, coalesce(list_sum(list_transform(map_entries(usage), lambda e: CASE WHEN e.key LIKE '%tokens'
+                                                                                   THEN e.value ELSE 0 END)), 0) AS by_unit
+                        FROM priced ANTI JOIN judged USING (row_id)))
         ), rows AS (
-            SELECT t.day, t.provider, t.model, t.sku_model, t.allocation, t.project_id, t.source, t.sub_account,
-                   'Usage' AS category, r.billed, r.n, r.unit, r.price_source,
-                   CASE WHEN r.rank = 1 THEN t.priced_calls ELSE 0 END AS calls,
-                   coalesce(r.unit_price, (r.billed::DOUBLE / (r.n::DOUBLE / u.scale))::{PRICE}) AS unit_price
-            FROM (SELECT * FROM by_unit UNION ALL BY NAME SELECT * FROM whole) r
-            JOIN priced t USING (row_id) JOIN focus_units u USING (unit)
+            SELECT t.day, t.provider, t.model, t.sku_model, t.publisher, t.allocation, t.project_id, t.source,
+                   t.sub_account, 'Usage' AS category, r.billed, r.n, r.unit, r.price_source,
+                   CASE WHEN r.rank = 1 THEN t.priced_calls ELSE 0 END AS calls, r.unit_price
+            FROM (SELECT * FROM by_unit UNION ALL BY NAME SELECT * FROM whole) r JOIN priced t USING (row_id)
             UNION ALL  -- billed, and no trace covers it: dollars without a quantity
-            SELECT d.day, b.provider, b.model, coalesce(f.sku_model, b.model_key), d.allocation, NULL, 'invoice',
-                   b.project_id, 'Adjustment', b.cost_usd, NULL, {_sql_map(BILL_UNITS)}[b.token_kind], NULL, 0, NULL
+            SELECT d.day, b.provider, b.model_key, coalesce(f.sku_model, b.model_key), coalesce(f.publisher, b.provider),
+                   d.allocation, NULL, 'invoice', b.project_id, 'Adjustment', b.cost_usd, NULL,
+                   {_sql_map(BILL_UNITS)}[b.token_kind], NULL, 0, NULL
             FROM focus_billed_lines b JOIN delivered d ON d.source = 'invoice' AND d.provider = b.provider
                  AND d.model = b.model_key
             LEFT JOIN focus_skus f ON f.provider = b.provider AND f.model = b.model
-        ), named AS (
+        ), measured AS (
             SELECT r.*, u.suffix, u.meter, u.pricing_unit, u.consumed_unit, u.scale,
                    coalesce({names}[provider], provider) AS provider_name,
+                   coalesce({names}[publisher], publisher) AS publisher_name,
                    CASE WHEN r.n IS NOT NULL THEN (r.n::DECIMAL(38, 0) / u.scale)::{QUANTITY} END AS quantity
             FROM rows r LEFT JOIN focus_units u USING (unit)
+        ), charged AS (  -- a SKU has one price a day: where no list price is known, the day's charged price of it
+            -- billed / quantity to 15 places, in integers: a DECIMAL division would go through a DOUBLE
+            SELECT provider, sku_model, unit, ((sum(billed) * 1000000000000)::HUGEINT * 1000000000
+                   // (sum(quantity) * 1000000)::HUGEINT)::DECIMAL(38, 0) * 0.000000000000001 AS charged_price
+            FROM measured WHERE price_source = 'charged' GROUP BY ALL
+        ), named AS (
+            SELECT m.* REPLACE (coalesce(m.unit_price, c.charged_price)::{PRICE} AS unit_price)
+            FROM measured m LEFT JOIN charged c ON m.price_source = 'charged' AND c.provider = m.provider
+                 AND c.sku_model = m.sku_model AND c.unit = m.unit
         )
         SELECT
             billed AS BilledCost,
@@ -261,7 +310,7 @@ def focus_rows_sql(allocation_keys: list[str], dimensions: list[str], hashed: li
             quantity AS PricingQuantity,
             CASE WHEN n IS NOT NULL THEN pricing_unit END AS PricingUnit,
             provider_name AS ProviderName,
-            provider_name AS PublisherName,
+            publisher_name AS PublisherName,
             'AI and Machine Learning' AS ServiceCategory,
             {service} AS ServiceName,
             'Generative AI' AS ServiceSubcategory,
@@ -277,9 +326,10 @@ def focus_rows_sql(allocation_keys: list[str], dimensions: list[str], hashed: li
             CASE WHEN source <> 'invoice' THEN {safe_text(feature)} END AS x_Feature,
             calls AS x_Calls,
             source AS x_CostSource,
+            '{basis}' AS x_CostBasis,
             price_source AS x_ListPriceSource,
             -- the Langfuse project traced in: rows of several projects stay apart (and say whose they are)
             {safe_text("project_id")} AS x_LangfuseProjectId
+        -- in no order: sorting a large day's wide rows needs more than DuckDB's default memory limit
         FROM named
-        ORDER BY BilledCost DESC, x_Model, Tags, x_LangfuseProjectId, SkuId, SubAccountId
     """
