@@ -58,11 +58,16 @@ def focus_violations(paths: Path | list[Path]) -> list[str]:
         problems += _columns(path, header)
         if any(p.startswith(("CostAndUsage", "ColumnHandling")) for p in problems):
             continue
+        prices: dict[str, set[str]] = {}
         for line, row in enumerate(rows, start=2):
             where = f"{path.name}:{line}"
             problems += [f"{rule} {where}: {what}" for rule, what in _row(row)]
             if row["SkuPriceId"]:
                 parents.setdefault(row["SkuPriceId"], set()).add(row["SkuId"])
+                prices.setdefault(row["SkuPriceId"], set()).add(row["ListUnitPrice"])
+        # a SKU price is one price (to look the list price up by it) at a time: one a day, in a day's file
+        problems += [f"SkuPriceId-C-014-C {path.name}: {price} has the list prices {sorted(found)}"
+                     for price, found in sorted(prices.items()) if len(found) > 1]
     problems += [f"SkuPriceId-C-008-M: {price} has the parents {sorted(skus)}"
                  for price, skus in sorted(parents.items()) if len(skus) > 1]
     return problems

@@ -581,6 +581,7 @@ def test_the_focus_rules_catch_a_broken_file(tmp_path):
     assert violations({"SkuPriceId": "", "SkuPriceDetails": ""}) == ["SkuPriceId-C-005-C"]
     assert violations({"SkuPriceDetails": '{"TokenKind": "Input"}'}) == ["SkuPriceDetails-C-017-C"]
     assert violations({"SubAccountId": "proj_1"}) == ["SubAccountName-C-004-C/C-005-C"]
+    assert violations({}, {"ListUnitPrice": "2.6", "ListCost": "1.3"}) == ["SkuPriceId-C-014-C"]  # two prices a day
     assert violations({}, {"SkuId": "gpt-4o/output"}) == ["SkuPriceId-C-008-M: gpt-4o/input has the parents "
                                                           "['gpt-4o/input', 'gpt-4o/output']"]
     adjustment = {"ChargeCategory": "Adjustment", "PricingQuantity": "", "PricingUnit": "", "ListUnitPrice": "",
