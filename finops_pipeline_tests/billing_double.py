@@ -6,7 +6,8 @@ as the providers document them (shared/reference/billing.md, openai-python 3.54'
   null unless grouped by); amounts are JSON numbers in USD with currency "usd".
 - Anthropic: `x-api-key` and `anthropic-version` headers, 401 `authentication_error` / 400 otherwise;
   `starting_at` required (RFC 3339), `limit` 1..31, `group_by[]=description` fills model, token_type and
-  service_tier (null otherwise); amounts are decimal strings in cents with currency "USD".
+  service_tier, `group_by[]=workspace_id` the workspace (null otherwise); amounts are decimal strings in cents
+  with currency "USD".
 - Both: one bucket per day; `has_more` / `next_page` (an opaque token). A day's results are split into
   pages of `page_size`, so any day can be made to take several pages.
 - Faults a test queues with `fail(kind, times)`, taken by the next requests: `429` (with `retry-after`),
@@ -34,12 +35,14 @@ OPENAI_PATH = "/v1/organization/costs"
 ANTHROPIC_PATH = "/v1/organizations/cost_report"
 
 
-def anthropic_result(model: str | None, token_type: str | None, cents: str, cost_type: str = "tokens") -> dict:
+def anthropic_result(model: str | None, token_type: str | None, cents: str, cost_type: str = "tokens",
+                     workspace_id: str | None = None) -> dict:
+    """A result of the cost report; `workspace_id` None is the default workspace."""
     kind = {"uncached_input_tokens": "Input Tokens", "output_tokens": "Output Tokens",
             "cache_read_input_tokens": "Cache Read Input Tokens"}.get(token_type or "", token_type or cost_type)
     return {"amount": cents, "currency": "USD", "cost_type": cost_type,
             "description": f"{model or 'Web Search'} Usage - {kind}", "model": model, "service_tier": "standard",
-            "token_type": token_type, "context_window": "0-200k", "workspace_id": None}
+            "token_type": token_type, "context_window": "0-200k", "workspace_id": workspace_id}
 
 
 class BillingDouble(HttpDouble):
@@ -153,7 +156,8 @@ class BillingDouble(HttpDouble):
                     for item, usd in self.openai.get(day, {}).items()]
         described = "description" in grouped
         return [{**r, **({} if described else {"model": None, "token_type": None, "service_tier": None,
-                                                 "description": None})}
+                                                 "description": None}),
+                 **({} if "workspace_id" in grouped else {"workspace_id": None})}
                 for r in self.anthropic.get(day, [])]
 
     @staticmethod

@@ -24,7 +24,7 @@ OPENAI_BILL = {
 }
 ANTHROPIC_BILL = [
     anthropic_result("claude-sonnet-4-20250514", "uncached_input_tokens", "123.78912"),
-    anthropic_result("claude-sonnet-4-20250514", "output_tokens", "0.00001"),
+    anthropic_result("claude-sonnet-4-20250514", "output_tokens", "0.00001", workspace_id="wrkspc_batch"),
     anthropic_result("claude-sonnet-4-20250514", "cache_read_input_tokens", "10"),
     anthropic_result(None, None, "1", cost_type="web_search"),
 ]
@@ -67,6 +67,8 @@ def test_anthropic_cents_are_converted_exactly_across_pages(double):
         (None, "other", Decimal("0.01")),
     ]
     assert sum(line.cost_usd for line in lines) == Decimal("1.3478913")  # a float sum would not be exact
+    # grouped by workspace too (the double leaves it null otherwise): the sub account of the FOCUS file
+    assert [line.project_id for line in lines] == [None, "wrkspc_batch", None, None]
     assert api.stats.pages == 2
     assert all(q["starting_at"] == "2026-11-21T00:00:00Z" and q["ending_at"] == "2026-11-22T00:00:00Z"
                for path, q in double.requests if path == ANTHROPIC_PATH)

@@ -56,7 +56,7 @@ def _openai_params(day: date) -> dict:
 def _anthropic_params(day: date) -> dict:
     start = datetime.combine(day, clock(), timezone.utc)
     return {"starting_at": _rfc3339(start), "ending_at": _rfc3339(start + timedelta(days=1)), "bucket_width": "1d",
-            "group_by[]": ["description"], "limit": 1}
+            "group_by[]": ["workspace_id", "description"], "limit": 1}  # workspace_id is null unless grouped by
 
 
 def _rfc3339(moment: datetime) -> str:
