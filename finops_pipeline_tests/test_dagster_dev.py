@@ -121,8 +121,9 @@ def graphql(url: str, query: str, variables: dict) -> dict:
 
 
 def sensor_ticks(instance: dg.DagsterInstance, name: str) -> list:
+    """The sensor's finished ticks: the daemon may be in the middle of one as they are read (STARTED)."""
     [state] = [s for s in instance.all_instigator_state() if s.instigator_name == name]
-    return instance.get_ticks(state.instigator_origin_id, state.selector_id)
+    return [t for t in instance.get_ticks(state.instigator_origin_id, state.selector_id) if t.status.value != "STARTED"]
 
 
 def run_backfill(url: str, days: list[date]) -> tuple[str, float]:
