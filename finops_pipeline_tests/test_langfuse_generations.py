@@ -423,3 +423,33 @@ def test_parquet_from_another_writer_json_text_columns_and_absent_ones(settings)
         ("j1", 100, 40, 7, usd("0.25"), "search", "5"), ("typed", 100, 0, 20, usd("0.5"), "chat", "product")]
     assert query(settings, "SELECT file, line, reason FROM quarantine") == [
         (str(path), 2, "usage_details is not an object: \"not json\"")]
+
+
+def test_typed_parquet_rows_are_checked_on_their_types_and_keys_sorted_like_json(settings):
+    """Parquet with signed counts and exact costs is validated on its types: a negative count or cost is
+    quarantined at its row, and keys of every spelling (a quote in one too) sort into the units JSON's do."""
+    import duckdb
+
+    cover_day(settings)
+    start, _ = day_window()
+    path = write_export_file(export_dir(settings), start + timedelta(hours=6), start + timedelta(hours=7), [],
+                             ext="parquet")
+    with duckdb.connect() as conn:
+        conn.execute(f"""COPY (SELECT id, start_time::TIMESTAMP AS start_time, 'gpt-4o-2024-08-06' AS provided_model_name,
+                usage::MAP(VARCHAR, BIGINT) AS usage_details, cost::MAP(VARCHAR, DECIMAL(18, 12)) AS cost_details,
+                total::DECIMAL(18, 12) AS total_cost FROM (VALUES
+            ('ok', '2026-11-21 06:10:00', MAP {{'promptTokens': 100, 'cache_read_input_tokens': 40, 'completion': 7,
+                                               'weird''key': 3}}, MAP {{'total': 0.5}}, 0.5),
+            ('total-only', '2026-11-21 06:11:00', MAP {{'totalTokens': 9}}, NULL, NULL),
+            ('negative-tokens', '2026-11-21 06:12:00', MAP {{'input': 5, 'output': -3}}, NULL, NULL),
+            ('negative-detail', '2026-11-21 06:13:00', MAP {{'input': 5}}, MAP {{'input': 0.1, 'output': -0.2}}, NULL),
+            ('negative-total', '2026-11-21 06:14:00', MAP {{'input': 5}}, NULL, -1))
+            t(id, start_time, usage, cost, total)) TO '{path}' (FORMAT parquet)""")
+    assert materialize_day(settings, selection=STAGE).success
+    assert query(settings, """SELECT observation_id, input_tokens, cached_tokens, output_tokens, total_tokens, usage_other,
+                                     cost_usd FROM langfuse_generations ORDER BY 1""") == [
+        ("ok", 100, 40, 7, 150, {"unsorted:weird'key": 3}, usd("0.5")), ("total-only", 0, 0, 0, 9, None, None)]
+    assert query(settings, "SELECT line, observation_id, reason FROM quarantine ORDER BY line") == [
+        (3, "negative-tokens", "usage_details.output is not a non-negative whole number: -3"),
+        (4, "negative-detail", "cost_details.output is not a non-negative number: -0.200000000000"),
+        (5, "negative-total", "negative total_cost: -1.000000000000")]

@@ -142,7 +142,9 @@ def test_the_hosts_time_zone_never_changes_what_the_api_path_stages(tmp_path, zo
         (3, Decimal("0.06"), datetime(2025, 6, 10, 0, 30), datetime(2025, 6, 10, 23, 30))]
 
 
-def test_each_kind_of_real_world_input_is_priced_attributed_and_allocated_right(settings):
+# Parquet as Langfuse writes it (typed maps) is validated on its types, JSONL by parsing: every kind both ways
+@pytest.mark.parametrize("ext", ["jsonl.gz", "parquet"])
+def test_each_kind_of_real_world_input_is_priced_attributed_and_allocated_right(settings, ext):
     day = date.fromisoformat(KINDS["day"])
     rows = []
     for n, kind in enumerate(KINDS["rows"]):
@@ -151,9 +153,9 @@ def test_each_kind_of_real_world_input_is_priced_attributed_and_allocated_right(
         rows.append({**row, "type": kind.get("type", "GENERATION")})
     start = datetime(day.year, day.month, day.day)
     export = Path(settings.langfuse_export_dir)
-    write_export_file(export, start, start + timedelta(hours=12), [r for r in rows if r["start_time"] < f"{day} 12"])
+    write_export_file(export, start, start + timedelta(hours=12), [r for r in rows if r["start_time"] < f"{day} 12"], ext)
     write_export_file(export, start + timedelta(hours=12), start + timedelta(days=1),
-                      [r for r in rows if r["start_time"] >= f"{day} 12"])
+                      [r for r in rows if r["start_time"] >= f"{day} 12"], ext)
     write_openai_bill(Path(settings.billing_dir), day, {})
     write_anthropic_bill(Path(settings.billing_dir), day, {})
     result = materialize_day(settings, day, metadata_aliases={"accountId": "customer_id"},

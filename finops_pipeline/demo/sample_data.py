@@ -211,18 +211,20 @@ def _write_csv_gz(path: Path, rows: list[dict], cell=_cell) -> None:
 
 
 def _write_parquet(path: Path, rows: list[dict]) -> None:
-    """Maps and arrays as Parquet MAP and LIST, as ClickHouse's Parquet output has them."""
+    """Maps and arrays as Parquet MAP and LIST and times as instants (UTC-adjusted timestamps), as ClickHouse's
+    Parquet output has them."""
     tmp = path.with_suffix(".tmp.jsonl")
     tmp.write_text("".join(json.dumps({**r, "cost_details": {k: str(v) for k, v in r.get("cost_details", {}).items()}})
                            + "\n" for r in rows))
     columns = {
-        "id": "VARCHAR", "trace_id": "VARCHAR", "start_time": "TIMESTAMP", "project_id": "VARCHAR",
+        "id": "VARCHAR", "trace_id": "VARCHAR", "start_time": "TIMESTAMPTZ", "project_id": "VARCHAR",
         "type": "VARCHAR", "name": "VARCHAR", "environment": "VARCHAR", "user_id": "VARCHAR",
         "session_id": "VARCHAR", "provided_model_name": "VARCHAR", "usage_details": "MAP(VARCHAR, UBIGINT)",
         "cost_details": "MAP(VARCHAR, DECIMAL(18, 12))", "total_cost": "DECIMAL(18, 12)",
         "prompt_name": "VARCHAR", "prompt_version": "INTEGER", "tags": "VARCHAR[]", "metadata": "MAP(VARCHAR, VARCHAR)",
     }
     with duckdb.connect() as conn:
+        conn.execute("SET TimeZone = 'UTC'")  # a time written without a zone is UTC, as Langfuse's are
         conn.execute(f"COPY (SELECT * FROM read_json(?, format='newline_delimited', columns={columns!r})) TO "
                      f"'{path}' (FORMAT parquet)", [str(tmp)])
     tmp.unlink()

@@ -25,9 +25,9 @@ from finops_pipeline.sources import isal_gzip
 from finops_pipeline.sources.export_listing import LEGACY, ExportFile
 from finops_pipeline.sources.observation_rows import (
     OBSERVATIONS, TRACES, UNREADABLE, Rejected, RowKind, Vocabulary, first_line, from_text, metadata_values_sql,
-    nested_json, start_scratch, validate_json,
+    nested_json, start_scratch, validate_json, validate_typed,
 )
-from finops_pipeline.warehouse import utc_cursor
+from finops_pipeline.warehouse import MONEY, utc_cursor
 
 # The kind of row each export table holds.
 KINDS = {"observations_v2": OBSERVATIONS, "observations": OBSERVATIONS, "traces": TRACES}
@@ -51,7 +51,9 @@ _LINES = {
     " FROM read_parquet($file, file_row_number=true) t",
 }
 
-_SCALAR = r"(VARCHAR|BOOLEAN|U?(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT)|FLOAT|DOUBLE|DECIMAL\(\d+,\d+\))"
+_WHOLE = r"U?(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT)"
+_EXACT = rf"({_WHOLE}|DECIMAL\(\d+,\d+\))"
+_SCALAR = rf"(VARCHAR|BOOLEAN|{_EXACT}|FLOAT|DOUBLE)"
 
 
 def _fast_jsonl(kind: RowKind) -> str:
@@ -65,11 +67,13 @@ def _fast_jsonl(kind: RowKind) -> str:
 
 
 def _parquet_sql(conn: duckdb.DuckDBPyConnection, kind: RowKind, paths: list[str], vocabulary: Vocabulary) -> str:
-    """The kind's `fields` straight from Parquet's typed columns, for every file in `paths` (`$files`) in one
-    statement. Maps of scalars (Langfuse's usage, cost and metadata) are read as maps, with no detour through
-    JSON; a column of another type is read as JSON (text as the JSON it holds); an absent one is NULL."""
-    types = dict(row[:2] for row in conn.execute(
-        "DESCRIBE SELECT * FROM read_parquet($files, union_by_name=true)", {"files": paths}).fetchall())
+    """The kind's rows straight from Parquet's typed columns, for every file in `paths` (`$files`) in one
+    statement. Observations whose usage is a map of whole numbers and whose cost is exact (as Langfuse writes
+    them) are validated on those types (observation_rows.typed_usage, its units found by reading the files'
+    usage keys first); maps of other scalars are read as maps, with no detour through JSON; a column of
+    another type is read as JSON (text as the JSON it holds); an absent one is NULL."""
+    source = "read_parquet($files, file_row_number=true, filename=true, union_by_name=true)"
+    types = dict(row[:2] for row in conn.execute(f"DESCRIBE SELECT * FROM {source}", {"files": paths}).fetchall())
 
     def as_json(name: str) -> str:
         if name not in types:
@@ -78,10 +82,16 @@ def _parquet_sql(conn: duckdb.DuckDBPyConnection, kind: RowKind, paths: list[str
             return f"(CASE WHEN json_valid({name}) THEN {name}::JSON ELSE to_json({name}) END)"
         return f"to_json({name})"
 
+    typed = kind is OBSERVATIONS and re.fullmatch(rf"MAP\(VARCHAR, {_WHOLE}\)", types.get("usage_details", "")) and all(
+        re.fullmatch(pattern, types.get(name, "")) or name not in types for name, pattern in (
+            ("cost_details", rf"MAP\(VARCHAR, {_EXACT}\)"), ("total_cost", _EXACT)))
     fields = []
     for name, sql_type in kind.columns.items():
         if sql_type == "VARCHAR":
             fields.append(f"{name}::VARCHAR AS {name}" if name in types else f"NULL::VARCHAR AS {name}")
+        elif typed and name in ("usage_details", "cost_details", "total_cost"):
+            absent = MONEY if name == "total_cost" else f"MAP(VARCHAR, {MONEY})"
+            fields.append(name if name in types else f"NULL::{absent} AS {name}")
         elif name in ("usage_details", "cost_details") and name not in types:
             fields.append(f"NULL::VARCHAR AS {name}_type, NULL::VARCHAR[] AS {name}_keys, "
                           f"NULL::VARCHAR[] AS {name}_text, NULL::VARCHAR AS {name}")
@@ -99,8 +109,14 @@ def _parquet_sql(conn: duckdb.DuckDBPyConnection, kind: RowKind, paths: list[str
         elif name == "total_cost":
             fields.append("nullif(total_cost::VARCHAR, '') AS total_text" if re.fullmatch(_SCALAR, types.get(name, ""))
                           else f"nullif({as_json('total_cost')} ->> '$', '') AS total_text")
-    return (f"SELECT s.file_rank, file_row_number + 1 AS line, true AS is_object, {', '.join(fields)}"
-            f" FROM read_parquet($files, file_row_number=true, filename=true, union_by_name=true) r {_RANK_OF_FILE}")
+    fields_sql = (f"SELECT s.file_rank, file_row_number + 1 AS line, true AS is_object, {', '.join(fields)}"
+                  f" FROM {source} r {_RANK_OF_FILE}")
+    if not typed:
+        return kind.validate(fields_sql)
+    units = dict(conn.execute(
+        f"SELECT k, scratch.usage_unit(lower(k)) FROM (SELECT DISTINCT unnest(map_keys(usage_details)) AS k FROM {source})",
+        {"files": paths}).fetchall()) if "usage_details" in types else {}
+    return validate_typed(fields_sql, units)
 
 
 def read_files(conn: duckdb.DuckDBPyConnection, files: list[ExportFile], vocabulary: Vocabulary) -> list[Rejected]:
@@ -160,7 +176,7 @@ def _read_fast(conn: duckdb.DuckDBPyConnection, kind: RowKind, fmt: str, paths: 
     params = {"files": local, "ranks": list(paths), "unit": "line"}
     try:
         if fmt == "parquet":
-            sql = kind.validate(_parquet_sql(conn, kind, local, vocabulary))
+            sql = _parquet_sql(conn, kind, local, vocabulary)
         else:
             params["files"], params["compression"] = isal_gzip.for_duckdb(local)
             if params["compression"] != "uncompressed" and any(isal_gzip.damage(p) for p in local if p.endswith(".gz")):
