@@ -6,12 +6,17 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
+from decimal import Decimal
 
 import dagster as dg
+import pytest
 
-from finops_pipeline.demo.sample_data import WEEKEND_VOLUME, last_complete_days
+from finops_pipeline.budgets import load_budgets, period_bounds
+from finops_pipeline.demo.budgets_file import write_demo_budgets
+from finops_pipeline.demo.sample_data import WEEKEND_VOLUME, Sample, last_complete_days
 from finops_pipeline.destinations.finout import file_name
+from finops_pipeline.projection import MIN_HISTORY
 from finops_pipeline.settings import FinopsSettings
 from finops_pipeline_tests.conftest import REPO, query
 from finops_pipeline_tests.focus_rules import focus_violations
@@ -61,7 +66,10 @@ def test_demo_reconciles_with_exactly_the_overbilled_day_failing_and_shows_the_c
     assert "crossed 100%" in analytics and "largest: feature report-writer" in analytics
     alerted = dict(query(settings, "SELECT threshold, day FROM budget_alerts WHERE budget = 'analytics-team'"))
     assert alerted["100"] == last and alerted["80"] <= last
-    if sum(d.month == last.month for d in days) >= 10:  # early in a month, every threshold falls on its first days
+    # 80% falls on an earlier day where the month's days before the regression weigh enough against it (early in
+    # a month they cannot: past 80% before it, the regression would carry the month past 120%)
+    spend = dict(query(settings, "SELECT day, spend_usd FROM budget_status WHERE budget = 'analytics-team'"))
+    if last.day > 1 and spend[last] <= Decimal("1.4") * spend[days[-2]]:
         assert alerted["80"] < last
     [(cause, explanation)] = query(settings, "SELECT cause, explanation FROM cost_anomalies WHERE day = ? AND "
                                              "dimension = 'feature' AND value = 'report-writer'", [last])
@@ -71,7 +79,12 @@ def test_demo_reconciles_with_exactly_the_overbilled_day_failing_and_shows_the_c
     weekend = [d for d in days[28:-1] if d.weekday() >= 5]
     assert weekend and query(settings, "SELECT count(DISTINCT day) FROM materialized_days WHERE asset = "
                                        "'cost_anomalies' AND list_contains(?, day)", [weekend]) == [(len(weekend),)]
-    assert "all spend: $" in run.stdout and "backtests" in run.stdout
+    # the projection says how far to trust it: backtested over the demo's 35 days where the month's days left
+    # leave history enough before them, else too new (early in a month)
+    left = (period_bounds("monthly", last)[1] - last).days
+    trust = "backtests" if len(days) - max(left, 7) >= MIN_HISTORY else "too new to backtest"
+    [all_spend] = [line for line in run.stdout.splitlines() if line.startswith("  all spend: $")]
+    assert all_spend.endswith(trust), all_spend
 
     # Unit economics and margins from the demo's revenue and outcomes files: the free tier pays nothing, so
     # its customers' margins are negative; the figures printed are the warehouse's.
@@ -141,3 +154,21 @@ def test_demo_reconciles_with_exactly_the_overbilled_day_failing_and_shows_the_c
 
 def test_demo_days_are_the_last_complete_utc_days():
     assert last_complete_days(3, today=date(2026, 11, 22)) == [date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21)]
+
+
+@pytest.mark.parametrize("regression", [2.0, 4.0, 12.0])  # the demo's is about 3.5 times a day
+def test_the_demo_budget_is_crossed_at_100_not_120_on_its_last_day_whatever_the_date(tmp_path, regression):
+    """The demo runs on the last 35 days before today: its analytics budget must cross 100% (and not 120%) on
+    the last day, its regression, on every day of the month that can be last, with 80% earlier where the days
+    before it weigh enough (the last day less than 40% of them)."""
+    for today in [date(2026, 12, 1) + timedelta(days=n) for n in range(62)]:
+        days = last_complete_days(35, today)
+        cost = {(d, team): (0.4 if d.weekday() >= 5 else 1.0) * (regression if (d, team) == (days[-1], "analytics") else 1)
+                for d in days for team in ("analytics", "support")}
+        write_demo_budgets(tmp_path / "budgets.yaml", Sample(days, days[-4], 0, cost, {}))
+        [budget] = [float(b.amount_usd) for b in load_budgets(tmp_path / "budgets.yaml", ["team"]) if b.name == "analytics-team"]
+        month = [d for d in days if (d.year, d.month) == (days[-1].year, days[-1].month)]
+        before, spent = sum(cost[d, "analytics"] for d in month[:-1]), sum(cost[d, "analytics"] for d in month)
+        assert before < budget <= spent < 1.2 * budget, today
+        if spent <= 1.4 * before:
+            assert before >= 0.8 * budget, today

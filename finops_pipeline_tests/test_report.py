@@ -254,10 +254,24 @@ def test_a_month_is_final_only_when_every_day_is_in_and_settled(settings):
         assert running.projected_usd > running.delivered_usd
 
 
-def test_a_month_with_no_complete_day_fails_rather_than_reporting_zero(settings):
-    result = _report(settings, month=f"{datetime.now(timezone.utc):%Y-%m}-01")
+def test_a_month_with_no_day_known_fails_rather_than_reporting_zero(settings):
+    now = datetime.now(timezone.utc)
+    result = _report(settings, month=f"{now:%Y-%m}-01")  # this month: nothing materialized
     [failure] = result.get_step_failure_events()
-    assert "has no complete day yet: nothing to report before" in failure.event_specific_data.error.message
+    message = failure.event_specific_data.error.message
+    if now.day == 1:  # (the test's own day decides which way the month has nothing)
+        assert f"{now:%B %Y} has no complete day yet: nothing to report before {now:%Y-%m}-02" in message
+    else:
+        assert (f"No day of {now:%B %Y} through {now.date() - timedelta(days=1)} is known (allocated_costs has written "
+                "none): nothing to report rather than $0") in message
+    # whatever today is: a month not yet begun has no complete day, one whose days are unwritten none known
+    _days(settings, NOV[:1])
+    with duckdb.connect(str(settings.duckdb_path)) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        with pytest.raises(ValueError, match="December 2026 has no complete day yet: nothing to report before 2026-12-02"):
+            month_figures(conn, date(2026, 12, 1), settings, "langfuse", now=datetime(2026, 12, 1, 8, tzinfo=timezone.utc))
+        with pytest.raises(ValueError, match="No day of December 2026 through 2026-12-05 is known"):
+            month_figures(conn, date(2026, 12, 1), settings, "langfuse", now=datetime(2026, 12, 6, tzinfo=timezone.utc))
 
 
 def test_a_month_with_no_known_day_fails_rather_than_reporting_zero(settings):

@@ -1,5 +1,5 @@
-"""The demo's budgets file: amounts set from the sample so that the analytics team crosses 80% of its month
-and then, on the last day (its prompt regression), 100%."""
+"""The demo's budgets file: amounts set from the sample so that the analytics team crosses 100% of its month (and
+not 120%) on the last day (its prompt regression), and 80% on an earlier day where the month has days enough."""
 
 from datetime import date
 from pathlib import Path
@@ -22,11 +22,13 @@ def write_demo_budgets(path: Path, sample: Sample) -> str:
                    if since <= day <= until and (team is None or t == team))
 
     recent = [d for d in sample.days[-28:]]
-    # 100% is crossed on the last day (its regression), the month through the day before stays under it but
-    # past 85% of it, so 80% falls earlier whichever weekday the last day is
+    # 100% is crossed on the last day (its regression) and 120% is not; the month through the day before stays
+    # under 100% but, where its days allow (a regression early in a month outweighs the days before it), past
+    # 85% of it, so 80% falls earlier whichever weekday the last day is
+    month = spent("analytics", month_start)
     before = spent("analytics", month_start, sample.days[-2])  # 0 when the last day is the month's first
-    ceiling = [spent("analytics", month_start) / 1.02] + ([before / 0.85] if before else [])
-    analytics = round(max(min(ceiling), before * 1.01, 0.01), 2)
+    ceiling = [month / 1.02] + ([before / 0.85] if before else [])
+    analytics = round(max(min(ceiling), month / 1.18, before * 1.01, 0.01), 2)
     weekly_support = round(2.2 * spent("support", recent[0]) / 4, 2)
     monthly_all = round(2.5 * spent(None, recent[0]) / 28 * 31, 2)
     path.parent.mkdir(parents=True, exist_ok=True)
