@@ -451,5 +451,38 @@ def test_typed_parquet_rows_are_checked_on_their_types_and_keys_sorted_like_json
         ("ok", 100, 40, 7, 150, {"unsorted:weird'key": 3}, usd("0.5")), ("total-only", 0, 0, 0, 9, None, None)]
     assert query(settings, "SELECT line, observation_id, reason FROM quarantine ORDER BY line") == [
         (3, "negative-tokens", "usage_details.output is not a non-negative whole number: -3"),
-        (4, "negative-detail", "cost_details.output is not a non-negative number: -0.200000000000"),
-        (5, "negative-total", "negative total_cost: -1.000000000000")]
+        (4, "negative-detail", "cost_details.output is not a non-negative number: -0.2"),
+        (5, "negative-total", "negative total_cost: -1")]
+
+
+def test_a_parquet_file_whose_footer_does_not_decode_is_quarantined_not_a_crash(settings):
+    """Bytes flipped in a Parquet file's metadata make DuckDB raise its bare Error ("Variable-length int over 10
+    bytes"), not an IO error: still a file that cannot be read, quarantined, and the day not delivered."""
+    cover_day(settings, {5: [generation("fine", "2026-11-21 05:10:00")]}, "parquet")
+    [broken] = export_dir(settings).rglob("observations_v2/2026-11-21T08-00-00.parquet")
+    data = bytearray(broken.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 40):
+        data[i] ^= 0xFF
+    broken.write_bytes(bytes(data))
+    result = materialize_day(settings, selection=STAGE)
+    assert failed_on_checks(result) == {"langfuse_generations"} and staged_ids(settings) == ["fine"]
+    [(file, line, reason)] = query(settings, "SELECT file, line, reason FROM quarantine")
+    assert (file, line) == (str(broken), None) and reason.startswith("unreadable parquet file: "), reason
+
+
+@pytest.mark.parametrize("ext", ["jsonl.gz", "parquet"])
+def test_a_null_total_or_counts_past_what_a_count_holds_cost_only_their_row(settings, ext):
+    """A `total` of null is no total (the token kinds add up instead); counts no BIGINT holds (2^64 - 1, what
+    ClickHouse's UInt64 makes of -1, or two that add up past 2^63) quarantine their row, not their file."""
+    cover_day(settings, {5: [
+        generation("fine", "2026-11-21 05:00:00", cost=1.25),
+        generation("null-total", "2026-11-21 05:01:00", cost=0.5, usage={"input": 4, "output": 3, "total": None}),
+        generation("huge", "2026-11-21 05:02:00", usage={"input": 2**64 - 1, "output": 1}),
+        generation("overflow", "2026-11-21 05:03:00", usage={"input": 5 * 10**18, "output": 5 * 10**18}),
+    ]}, ext)
+    assert materialize_day(settings, selection=STAGE).success
+    assert query(settings, "SELECT observation_id, total_tokens, cost_usd FROM langfuse_generations ORDER BY 1") == [
+        ("fine", 120, usd("1.25")), ("null-total", 7, usd("0.5"))]
+    assert [(line, observation_id, reason.split(" to ")[0]) for line, observation_id, reason in query(
+        settings, "SELECT line, observation_id, reason FROM quarantine ORDER BY line")] == [
+        (3, "huge", "usage_details counts add up"), (4, "overflow", "usage_details counts add up")]

@@ -24,8 +24,8 @@ import duckdb
 from finops_pipeline.sources import isal_gzip
 from finops_pipeline.sources.export_listing import LEGACY, ExportFile
 from finops_pipeline.sources.observation_rows import (
-    OBSERVATIONS, TRACES, UNREADABLE, Rejected, RowKind, Vocabulary, first_line, from_text, metadata_values_sql,
-    nested_json, start_scratch, validate_json, validate_typed,
+    OBSERVATIONS, TRACES, Rejected, RowKind, Vocabulary, first_line, from_text, metadata_values_sql,
+    nested_json, start_scratch, unreadable, validate_json, validate_typed,
 )
 from finops_pipeline.warehouse import MONEY, utc_cursor
 
@@ -52,8 +52,18 @@ _LINES = {
 }
 
 _WHOLE = r"U?(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT)"
-_EXACT = rf"({_WHOLE}|DECIMAL\(\d+,\d+\))"
-_SCALAR = rf"(VARCHAR|BOOLEAN|{_EXACT}|FLOAT|DOUBLE)"
+_SCALAR = rf"(VARCHAR|BOOLEAN|{_WHOLE}|DECIMAL\(\d+,\d+\)|FLOAT|DOUBLE)"
+
+
+def _fits_money(sql_type: str) -> bool:
+    """Whether every value of `sql_type` is a MONEY (DECIMAL(38, 12)) as it is: an integer type up to 64 bits, or
+    a decimal of at most 12 places and 26 digits before them. A cost of another type (more places, which the
+    text path rounds one by one; a float) is read the way JSON is."""
+    decimal = re.fullmatch(r"DECIMAL\((\d+),(\d+)\)", sql_type)
+    if decimal:
+        width, scale = map(int, decimal.groups())
+        return scale <= 12 and width - scale <= 26
+    return bool(re.fullmatch(r"U?(TINYINT|SMALLINT|INTEGER|BIGINT)", sql_type))
 
 
 def _fast_jsonl(kind: RowKind) -> str:
@@ -82,9 +92,9 @@ def _parquet_sql(conn: duckdb.DuckDBPyConnection, kind: RowKind, paths: list[str
             return f"(CASE WHEN json_valid({name}) THEN {name}::JSON ELSE to_json({name}) END)"
         return f"to_json({name})"
 
-    typed = kind is OBSERVATIONS and re.fullmatch(rf"MAP\(VARCHAR, {_WHOLE}\)", types.get("usage_details", "")) and all(
-        re.fullmatch(pattern, types.get(name, "")) or name not in types for name, pattern in (
-            ("cost_details", rf"MAP\(VARCHAR, {_EXACT}\)"), ("total_cost", _EXACT)))
+    cost_value = re.sub(r"^MAP\(VARCHAR, (.*)\)$", r"\1", types.get("cost_details", "MAP(VARCHAR, INTEGER)"))
+    typed = (kind is OBSERVATIONS and bool(re.fullmatch(rf"MAP\(VARCHAR, {_WHOLE}\)", types.get("usage_details", "")))
+             and _fits_money(cost_value) and _fits_money(types.get("total_cost", "INTEGER")))
     fields = []
     for name, sql_type in kind.columns.items():
         if sql_type == "VARCHAR":
@@ -185,7 +195,7 @@ def _read_fast(conn: duckdb.DuckDBPyConnection, kind: RowKind, fmt: str, paths: 
         conn.execute(f"INSERT INTO scratch.{kind.table} {sql}", params)
         return True
     except duckdb.Error as exc:
-        if isinstance(exc, UNREADABLE) or isal_gzip.failed_on(local):
+        if unreadable(exc) or isal_gzip.failed_on(local):
             return False
         raise
 
@@ -209,7 +219,9 @@ def _read_lines(conn: duckdb.DuckDBPyConnection, rank: int, export_file: ExportF
         conn.execute(f"INSERT INTO scratch.{kind.table} "
                      + validate_json(kind, from_text(kind, _LINES[fmt], csv=fmt == "csv"), vocabulary),
                      {"rank": rank, "file": export_file.readable, "unit": "line"})
-    except UNREADABLE as exc:
+    except duckdb.Error as exc:
+        if not unreadable(exc):
+            raise
         return [Rejected(export_file.path, None, f"unreadable {fmt} file: {first_line(exc)}")]
     if fmt == "csv":
         return [Rejected(export_file.path, line, f"malformed CSV record: {error[:200]}") for line, error in

@@ -120,7 +120,7 @@ CREATE OR REPLACE MACRO scratch.sum_except(amounts, kinds, kind) AS
 CREATE OR REPLACE MACRO scratch.other_usage(counts, units) AS map_from_entries(list_transform(
     list_distinct(list_filter(units, lambda u: u NOT IN ('input_tokens', 'output_tokens', 'cache_read_tokens',
                                                           'cache_write_tokens', 'output_reasoning_tokens', 'total'))),
-    lambda u: {'key': u, 'value': scratch.sum_of(counts, units, u)::BIGINT}));
+    lambda u: {'key': u, 'value': TRY_CAST(scratch.sum_of(counts, units, u) AS BIGINT)}));
 -- The first position where `texts` holds a value that is not a whole number >= 0 (`numbers`: the same, cast).
 CREATE OR REPLACE MACRO scratch.bad_count_at(texts, numbers) AS list_position(list_transform(list_zip(texts, numbers),
     lambda p: p[1] IS NULL OR coalesce(p[2] >= 0 AND p[2] % 1 = 0, false)), false);
@@ -253,7 +253,7 @@ SELECT *,
     coalesce(list_count(usage_numbers) = list_count(usage_details_text) AND coalesce(list_min(usage_numbers) >= 0, true)
              AND list_sum(list_transform(usage_numbers, lambda n: n % 1)) = 0, true) AS usage_ok,
     coalesce(list_count(amounts) = list_count(cost_details_text) AND coalesce(list_min(amounts) >= 0, true), true) AS cost_ok,
-    usage_numbers::BIGINT[] AS counts
+    list_transform(usage_numbers, lambda n: TRY_CAST(n AS BIGINT)) AS counts
 FROM parsed
 """
     reasons = """
@@ -261,17 +261,19 @@ FROM parsed
         WHEN NOT usage_ok THEN 'usage_details.' || usage_details_keys[scratch.bad_count_at(usage_details_text, usage_numbers)]
             || ' is not a non-negative whole number: '
             || left(usage_details_text[scratch.bad_count_at(usage_details_text, usage_numbers)], 40)
+        WHEN list_sum(usage_numbers) >= 9223372036854775807 THEN 'usage_details counts add up to '
+            || list_sum(usage_numbers)::VARCHAR || ', more than a count can hold (2^63 - 1)'
         WHEN total_text IS NOT NULL AND total_amount IS NULL THEN 'total_cost is not a number: ' || left(total_text, 40)
         WHEN total_amount < 0 THEN 'negative total_cost: ' || total_text
         WHEN cost_details_type NOT IN ('OBJECT', 'NULL') THEN 'cost_details is not an object: ' || left(cost_details::VARCHAR, 40)
         WHEN NOT cost_ok THEN 'cost_details.' || cost_details_keys[scratch.bad_amount_at(cost_details_text, amounts)]
             || ' is not a non-negative number: ' || left(cost_details_text[scratch.bad_amount_at(cost_details_text, amounts)], 40)"""
-    usage = {kind: f"coalesce(scratch.sum_of(counts, usage_units, '{kind}'), 0)" for kind in MAIN_UNITS}
+    # (TRY_CAST: counts past what BIGINT holds are on a row the range check quarantines)
+    usage = {kind: f"coalesce(TRY_CAST(scratch.sum_of(counts, usage_units, '{kind}') AS BIGINT), 0)" for kind in MAIN_UNITS}
     usage |= {
         # the total key, else the sum of the token counts (not characters, seconds or searches)
-        "total": """CASE WHEN list_contains(usage_units, 'total') THEN scratch.sum_of(counts, usage_units, 'total')
-         ELSE coalesce(list_sum(list_where(counts, list_transform(usage_units,
-                  lambda u: u LIKE '%tokens' OR u LIKE 'unsorted:%'))), 0) END""",
+        "total": """coalesce(TRY_CAST(scratch.sum_of(counts, usage_units, 'total') AS BIGINT), TRY_CAST(list_sum(list_where(
+                  counts, list_transform(usage_units, lambda u: u LIKE '%tokens' OR u LIKE 'unsorted:%'))) AS BIGINT), 0)""",
         "other": f"""CASE WHEN list_bool_or(list_transform(usage_units, lambda u: u NOT IN {_KEPT}))
          THEN scratch.other_usage(counts, usage_units) END""",
         # Langfuse's own price: cost_details.total, else the sum of cost_details, else a total_cost above 0. Not a
@@ -289,8 +291,10 @@ def typed_usage(units: dict[str, str]) -> tuple[str, dict[str, str]]:
     value to parse, and, the keys being known (`units`: each key the day's files hold -> its unit, as
     scratch.usage_unit sorts it), each unit is the sum of its keys' values, looked up. Same rows as the JSON
     way, a third of the time."""
-    def total(keys: list[str]) -> str:  # NULL where the row holds none of `keys`
-        return ("list_sum([" + ", ".join(f"usage_details['{_quoted(k)}']" for k in keys) + "])::BIGINT") if keys else "NULL"
+    def total(keys: list[str]) -> str:  # NULL where the row holds none of `keys` (or only NULLs); too big: NULL too,
+        # on a row the range check quarantines
+        return ("TRY_CAST(list_sum([" + ", ".join(f"usage_details['{_quoted(k)}']" for k in keys) + "]) AS BIGINT)"
+                if keys else "NULL")
 
     def present(keys: list[str]) -> str:
         return " OR ".join(f"map_contains(usage_details, '{_quoted(k)}')" for k in keys) or "false"
@@ -299,7 +303,7 @@ def typed_usage(units: dict[str, str]) -> tuple[str, dict[str, str]]:
     usage = {kind: f"coalesce({total(of.get(kind, []))}, 0)" for kind in MAIN_UNITS}
     # the total key, else the sum of the token counts (not characters, seconds or searches)
     tokens = [k for k, u in units.items() if u.endswith("tokens") or u.startswith("unsorted:")]
-    usage["total"] = f"CASE WHEN {present(of.get('total', []))} THEN {total(of.get('total', []))} ELSE coalesce({total(tokens)}, 0) END"
+    usage["total"] = f"coalesce({total(of.get('total', []))}, {total(tokens)}, 0)"
     others = [f"CASE WHEN {present(keys)} THEN {{'key': '{_quoted(unit)}', 'value': {total(keys)}}} END"
               for unit, keys in of.items() if unit not in _KEPT_UNITS]
     usage["other"] = (f"nullif(map_from_entries(list_filter([{', '.join(others)}], lambda e: e IS NOT NULL)), MAP {{}})"
@@ -307,14 +311,18 @@ def typed_usage(units: dict[str, str]) -> tuple[str, dict[str, str]]:
     usage["cost"] = (f"coalesce(cost_details['total'], list_sum(map_values(cost_details)),"
                      f" CASE WHEN total_cost > 0 THEN total_cost END)::{MONEY}")
     first_bad = "list_position(list_transform(map_values({0}), lambda n: coalesce(n >= 0, true)), false)"
+    # a cost as its text would be in JSON: -0.5, not -0.500000000000
+    text = "rtrim(rtrim(({0})::VARCHAR, '0'), '.')"
     reasons = f"""
         WHEN NOT coalesce(list_min(map_values(usage_details)) >= 0, true) THEN 'usage_details.'
             || map_keys(usage_details)[{first_bad.format('usage_details')}] || ' is not a non-negative whole number: '
             || map_values(usage_details)[{first_bad.format('usage_details')}]::VARCHAR
-        WHEN total_cost < 0 THEN 'negative total_cost: ' || total_cost::VARCHAR
+        WHEN list_sum(map_values(usage_details)::HUGEINT[]) > 9223372036854775807 THEN 'usage_details counts add up to '
+            || list_sum(map_values(usage_details)::HUGEINT[])::VARCHAR || ', more than a count can hold (2^63 - 1)'
+        WHEN total_cost < 0 THEN 'negative total_cost: ' || {text.format('total_cost')}
         WHEN NOT coalesce(list_min(map_values(cost_details)) >= 0, true) THEN 'cost_details.'
             || map_keys(cost_details)[{first_bad.format('cost_details')}] || ' is not a non-negative number: '
-            || map_values(cost_details)[{first_bad.format('cost_details')}]::VARCHAR"""
+            || {text.format(f"map_values(cost_details)[{first_bad.format('cost_details')}]")}"""
     return reasons, usage
 
 
@@ -380,6 +388,13 @@ def from_text(kind: RowKind, lines_sql: str, csv: bool = False, names: dict[str,
 
 # What a broken file raises. Anything else (a binder or parser error) is a bug here, and must fail loudly.
 UNREADABLE = (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException)
+
+
+def unreadable(exc: BaseException) -> bool:
+    """Whether `exc` says a file cannot be read: UNREADABLE, or DuckDB's bare Error, which a Parquet footer
+    that does not decode raises ("Variable-length int over 10 bytes"); its subclasses (binder, parser,
+    catalog errors) are bugs here."""
+    return isinstance(exc, UNREADABLE) or type(exc) is duckdb.Error
 
 
 @dataclass(frozen=True)
