@@ -437,13 +437,13 @@ def test_typed_parquet_rows_are_checked_on_their_types_and_keys_sorted_like_json
     with duckdb.connect() as conn:
         conn.execute(f"""COPY (SELECT id, start_time::TIMESTAMP AS start_time, 'gpt-4o-2024-08-06' AS provided_model_name,
                 usage::MAP(VARCHAR, BIGINT) AS usage_details, cost::MAP(VARCHAR, DECIMAL(18, 12)) AS cost_details,
-                total::DECIMAL(18, 12) AS total_cost FROM (VALUES
+                total::INTEGER AS total_cost FROM (VALUES  -- a whole-dollar total: another exact type
             ('ok', '2026-11-21 06:10:00', MAP {{'promptTokens': 100, 'cache_read_input_tokens': 40, 'completion': 7,
-                                               'weird''key': 3}}, MAP {{'total': 0.5}}, 0.5),
+                                               'weird''key': 3}}, MAP {{'total': 0.5}}, 1),
             ('total-only', '2026-11-21 06:11:00', MAP {{'totalTokens': 9}}, NULL, NULL),
             ('negative-tokens', '2026-11-21 06:12:00', MAP {{'input': 5, 'output': -3}}, NULL, NULL),
             ('negative-detail', '2026-11-21 06:13:00', MAP {{'input': 5}}, MAP {{'input': 0.1, 'output': -0.2}}, NULL),
-            ('negative-total', '2026-11-21 06:14:00', MAP {{'input': 5}}, NULL, -1))
+            ('negative-total', '2026-11-21 06:14:00', MAP {{'input': 5}}, NULL, -10))
             t(id, start_time, usage, cost, total)) TO '{path}' (FORMAT parquet)""")
     assert materialize_day(settings, selection=STAGE).success
     assert query(settings, """SELECT observation_id, input_tokens, cached_tokens, output_tokens, total_tokens, usage_other,
@@ -452,7 +452,7 @@ def test_typed_parquet_rows_are_checked_on_their_types_and_keys_sorted_like_json
     assert query(settings, "SELECT line, observation_id, reason FROM quarantine ORDER BY line") == [
         (3, "negative-tokens", "usage_details.output is not a non-negative whole number: -3"),
         (4, "negative-detail", "cost_details.output is not a non-negative number: -0.2"),
-        (5, "negative-total", "negative total_cost: -1")]
+        (5, "negative-total", "negative total_cost: -10")]
 
 
 def test_a_parquet_file_whose_footer_does_not_decode_is_quarantined_not_a_crash(settings):

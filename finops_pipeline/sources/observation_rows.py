@@ -217,7 +217,7 @@ def json_fields(kind: RowKind, vocabulary: Vocabulary) -> str:
 def _observation_rows(parsed_sql: str, reasons: str, usage: dict[str, str]) -> str:
     """Rows of scratch.observations from `parsed_sql`: `fields` plus `ts` (start_time as naive UTC). `reasons`:
     the CASE branches that name what is wrong with usage and cost; `usage`: SQL of the token columns, `other`
-    and `cost` (see _json_usage and typed_usage)."""
+    and `cost` (see _validate_observations and typed_usage)."""
     return f"""
 SELECT file_rank, line,
     CASE
@@ -290,7 +290,7 @@ def typed_usage(units: dict[str, str]) -> tuple[str, dict[str, str]]:
     `cost_details` a MAP of exact numbers and `total_cost` an exact number (Parquet as Langfuse writes it): no
     value to parse, and, the keys being known (`units`: each key the day's files hold -> its unit, as
     scratch.usage_unit sorts it), each unit is the sum of its keys' values, looked up. Same rows as the JSON
-    way, a third of the time."""
+    way, in half the time."""
     def total(keys: list[str]) -> str:  # NULL where the row holds none of `keys` (or only NULLs); too big: NULL too,
         # on a row the range check quarantines
         return ("TRY_CAST(list_sum([" + ", ".join(f"usage_details['{_quoted(k)}']" for k in keys) + "]) AS BIGINT)"
@@ -311,8 +311,8 @@ def typed_usage(units: dict[str, str]) -> tuple[str, dict[str, str]]:
     usage["cost"] = (f"coalesce(cost_details['total'], list_sum(map_values(cost_details)),"
                      f" CASE WHEN total_cost > 0 THEN total_cost END)::{MONEY}")
     first_bad = "list_position(list_transform(map_values({0}), lambda n: coalesce(n >= 0, true)), false)"
-    # a cost as its text would be in JSON: -0.5, not -0.500000000000
-    text = "rtrim(rtrim(({0})::VARCHAR, '0'), '.')"
+    # a cost as its text would be in JSON: -0.5, not -0.500000000000 (and -10 stays -10)
+    text = "(CASE WHEN contains(({0})::VARCHAR, '.') THEN rtrim(rtrim(({0})::VARCHAR, '0'), '.') ELSE ({0})::VARCHAR END)"
     reasons = f"""
         WHEN NOT coalesce(list_min(map_values(usage_details)) >= 0, true) THEN 'usage_details.'
             || map_keys(usage_details)[{first_bad.format('usage_details')}] || ' is not a non-negative whole number: '
